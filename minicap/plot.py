@@ -1,0 +1,84 @@
+"""The book's figures, as reusable functions: each returns the matplotlib ``Axes`` (or figure) it drew.
+
+Functions are grouped by chapter. All take numpy arrays or backend tensors.
+"""
+import numpy as np
+import matplotlib.pyplot as plt
+from keras import ops
+
+
+def to_numpy(x):
+    """A backend tensor (TensorFlow, JAX, PyTorch) or array-like as a numpy array."""
+    return np.asarray(ops.convert_to_numpy(x)) if not isinstance(x, np.ndarray) else x
+
+
+def show_image(image, ax=None, title=None):
+    """Show one image ``(height, width, 3)`` (uint8, or floats in [0, 1]) without axis ticks."""
+    image = to_numpy(image)
+    ax = ax or plt.gca()
+    ax.imshow(image.astype("uint8") if image.dtype != np.uint8 and image.max() > 1.0 else image)
+    ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def show_patch_grid(image, patch_size, ax=None, numbers=True, title=None):
+    """Show an image with its patch boundaries drawn and each patch numbered in reading order."""
+    image = to_numpy(image)
+    ax = show_image(image, ax, title)
+    height, width = image.shape[:2]
+    for y in range(0, height + 1, patch_size):
+        ax.axhline(y - 0.5, color="white", linewidth=1)
+    for x in range(0, width + 1, patch_size):
+        ax.axvline(x - 0.5, color="white", linewidth=1)
+    if numbers:
+        cols = width // patch_size
+        for index in range((height // patch_size) * cols):
+            row, col = divmod(index, cols)
+            ax.text(col * patch_size + patch_size / 2 - 0.5, row * patch_size + patch_size / 2 - 0.5,
+                    str(index), color="white", ha="center", va="center", fontsize=7,
+                    bbox=dict(facecolor="black", alpha=0.4, pad=1, linewidth=0))
+    return ax
+
+
+def show_patches(patches, patch_size, channels=3, columns=None, figsize=None):
+    """Show flattened patches ``(num_patches, patch_size² · channels)`` side by side as a sequence.
+
+    Returns the figure: the sequence the Transformer reads, in order.
+    """
+    patches = to_numpy(patches)
+    count = patches.shape[0]
+    columns = columns or count
+    rows = int(np.ceil(count / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=figsize or (columns * 0.6, rows * 0.75), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        if index < count:
+            tile = patches[index].reshape(patch_size, patch_size, channels)
+            ax.imshow(tile.astype("uint8") if tile.max() > 1.0 else tile)
+            ax.set_title(str(index), fontsize=6)
+        else:
+            ax.axis("off")
+    return fig
+
+
+def heatmap(matrix, ax=None, xlabel=None, ylabel=None, title=None, xticklabels=None,
+            yticklabels=None, cmap="viridis", colorbar=True, **imshow_kwargs):
+    """A labelled heatmap of a 2-D matrix (encodings, attention weights, similarities)."""
+    matrix = to_numpy(matrix)
+    ax = ax or plt.gca()
+    image = ax.imshow(matrix, cmap=cmap, aspect="auto", **imshow_kwargs)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)), xticklabels, rotation=90)
+    if yticklabels is not None:
+        ax.set_yticks(range(len(yticklabels)), yticklabels)
+    if colorbar:
+        plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return ax
