@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import keras
+
+from minicap.patches import PatchEncoder, Patches
+from layer_checks import check_layer
+
+
+def test_patches_known_values():
+    # A 4x4 image with 2 channels: pixel (y, x, c) = 100*y + 10*x + c, cut into 2x2 patches.
+    y, x, c = np.meshgrid(np.arange(4), np.arange(4), np.arange(2), indexing="ij")
+    image = (100 * y + 10 * x + c).astype("float32")[None]
+    patches = keras.ops.convert_to_numpy(Patches(2)(image))
+    assert patches.shape == (1, 4, 8)
+    # Patch 1 is the top-right square: rows 0-1, columns 2-3, flattened row by row, channels innermost.
+    np.testing.assert_array_equal(patches[0, 1], [20, 21, 30, 31, 120, 121, 130, 131])
+    # Patch 2 is the bottom-left square.
+    np.testing.assert_array_equal(patches[0, 2], [200, 201, 210, 211, 300, 301, 310, 311])
+
+
+def test_patches_match_slicing_on_the_seed_example():
+    images = np.random.default_rng(0).random((2, 128, 128, 3)).astype("float32")
+    patches = keras.ops.convert_to_numpy(Patches(16)(images))
+    assert patches.shape == (2, 64, 768)
+    row, col = divmod(13, 8)
+    np.testing.assert_array_equal(patches[1, 13], images[1, row * 16:(row + 1) * 16, col * 16:(col + 1) * 16].reshape(-1))
+
+
+def test_non_square_images():
+    images = np.zeros((1, 32, 48, 3), "float32")
+    assert tuple(Patches(16)(images).shape) == (1, 6, 768)
+
+
+def test_patch_encoder_shape_and_positions():
+    patches = np.zeros((2, 64, 768), "float32")
+    encoded = keras.ops.convert_to_numpy(PatchEncoder(64, 512)(patches))
+    assert encoded.shape == (2, 64, 512)
+    # Zero patches project to the bias (zero), so what remains is the position embedding: distinct per patch.
+    assert np.abs(encoded[0, 0] - encoded[0, 1]).max() > 0
+    np.testing.assert_allclose(encoded[0], encoded[1])
+
+
+def test_patches_round_trip(tmp_path):
+    check_layer(Patches(4, name="patches"), [np.random.rand(2, 8, 8, 3).astype("float32")], tmp_path)
+
+
+def test_patch_encoder_round_trip(tmp_path):
+    check_layer(PatchEncoder(4, 8, name="encoder"), [np.random.rand(2, 4, 48).astype("float32")], tmp_path)
+
+
+def test_model_with_both_layers_saves_and_loads(tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    outputs = PatchEncoder(16, 24)(Patches(8)(inputs))
+    model = keras.Model(inputs, outputs)
+    images = np.random.rand(3, 32, 32, 3).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), keras.ops.convert_to_numpy(model(images)))
+
+
+def test_image_size_not_divisible_by_patch_size():
+    with pytest.raises(ValueError, match="image height 100 is not divisible by patch size 16"):
+        Patches(16)(np.zeros((1, 100, 96, 3), "float32"))
+    with pytest.raises(ValueError, match="image width 100 is not divisible by patch size 16"):
+        Patches(16)(np.zeros((1, 96, 100, 3), "float32"))
+
+
+def test_input_must_be_4d():
+    with pytest.raises(ValueError, match=r"3-D input of shape \(128, 128, 3\).*image\[None\]"):
+        Patches(16)(np.zeros((128, 128, 3), "float32"))
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5])
+def test_bad_patch_size(size):
+    with pytest.raises(ValueError, match="patch_size must be a positive integer"):
+        Patches(size)
+
+
+def test_patch_encoder_wrong_number_of_patches():
+    with pytest.raises(ValueError, match="built for 64 patches, got 16"):
+        PatchEncoder(64, 32)(np.zeros((1, 16, 48), "float32"))
