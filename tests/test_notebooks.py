@@ -1,0 +1,68 @@
+"""The book's notebooks: their structure, and their execution with papermill (nbval runs them too).
+
+The papermill run injects the quick profile's parameters and writes the executed notebooks to
+``_build/executed``, from which ``python -m minicap.dev book --executed _build/executed`` builds the
+rendered book without running them a third time.
+"""
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+EXECUTED = ROOT / "_build" / "executed"
+NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
+QUICK_PROFILE = {"PROFILE": "quick"}
+GPU_KERNEL_NOTEBOOKS = {"05_training.ipynb"}
+REPOSITORY = "github/minicap-book/minicap/blob/main"
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def parameters_cell(notebook):
+    cells = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    return cells[0] if cells else None
+
+
+def source(cell):
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_every_chapter_is_in_the_table_of_contents():
+    toc = (ROOT / "_toc.yml").read_text()
+    for path in NOTEBOOKS:
+        assert f"book/{path.stem}" in toc, f"{path.name} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_structure(path):
+    notebook = load(path)
+    first = source(notebook["cells"][0])
+    assert first.startswith("# Chapter"), "the first cell is the chapter's title"
+    assert f"colab.research.google.com/{REPOSITORY}/book/{path.name}" in first, "Colab badge points at the notebook"
+    assert "google.colab" in source(notebook["cells"][1]), "the second cell is the Colab setup cell"
+    cell = parameters_cell(notebook)
+    assert cell is not None, "a cell tagged 'parameters' holds the notebook's parameters"
+    for statement in ast.parse(source(cell)).body:  # literals only, so papermill can override them
+        assert isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant), ast.dump(statement)
+    expected_kernel = "minicap-gpu" if path.name in GPU_KERNEL_NOTEBOOKS else "python3"
+    assert notebook["metadata"]["kernelspec"]["name"] == expected_kernel
+    assert all(not c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code"), "commit notebooks without outputs"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes_with_papermill(path):
+    papermill = pytest.importorskip("papermill")
+    declared = papermill.inspect_notebook(str(path))
+    parameters = {k: v for k, v in QUICK_PROFILE.items() if k in declared}
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(path), str(EXECUTED / path.name), parameters=parameters, cwd=str(BOOK),
+        progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+    )
