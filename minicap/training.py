@@ -1,0 +1,169 @@
+"""Training: masked loss and accuracy, the warm-up schedule, and ``train`` on ``model.fit`` (chapter 5).
+
+The decoder is trained with *teacher forcing*: it reads the true caption shifted right
+(``[START] a red circle``) and predicts it shifted left (``a red circle [END]``) at every position at
+once. Padding positions carry no word, so the loss and the accuracy ignore them.
+
+``train`` adds what a long run needs: a progress bar, atomic checkpoints every few hundred steps,
+resume after an interruption (run the same command again), optional mixed precision and XLA, a fixed
+seed, and a JSON history. The run directory it writes::
+
+    run_dir/train_config.json   what was asked for (the resume check compares it)
+    run_dir/config.json         the model's CaptionConfig
+    run_dir/tokenizer.json      the vocabulary
+    run_dir/checkpoints/        state.json + the latest weights (with the optimizer's state)
+    run_dir/history.json        loss, accuracy and learning rate per step and per epoch
+    run_dir/model.keras         the trained model, written once training has finished
+
+Reference: Vaswani et al. (2017), section 5.3 (optimizer and schedule) and 5.4 (label smoothing).
+"""
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+from keras import ops
+
+from minicap.checkpoint import Checkpointer, write_json_atomic
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class MaskedSparseCrossEntropy(keras.losses.Loss):
+    """Cross-entropy over the vocabulary, averaged over the real (non-padding) tokens only.
+
+    Args:
+        pad_id: the target id that marks padding (ignored).
+        label_smoothing: ε of the paper: the target puts 1 - ε on the true word and spreads ε
+            uniformly over the vocabulary.
+
+    Call arguments:
+        y_true: ``(batch, length)`` int token ids.
+        y_pred: ``(batch, length, vocab_size)`` logits (not probabilities).
+
+    Returns:
+        A scalar; 0 (not NaN) for a batch that is all padding.
+    """
+
+    def __init__(self, pad_id=0, label_smoothing=0.0, name="masked_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.pad_id = pad_id
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)  # (B, T, V)
+        true_log_prob = ops.take_along_axis(log_probs, y_true[..., None], axis=-1)[..., 0]  # (B, T)
+        loss = -true_log_prob
+        if self.label_smoothing:
+            loss = (1.0 - self.label_smoothing) * loss - self.label_smoothing * ops.mean(log_probs, axis=-1)
+        mask = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")
+        return ops.sum(loss * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pad_id": self.pad_id, "label_smoothing": self.label_smoothing})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class MaskedAccuracy(keras.metrics.Metric):
+    """The fraction of real (non-padding) target tokens predicted exactly, over all batches seen."""
+
+    def __init__(self, pad_id=0, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pad_id = pad_id
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")
+        predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        mask = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")
+        self.correct.assign_add(ops.sum(ops.cast(ops.equal(predicted, y_true), "float32") * mask))
+        self.total.assign_add(ops.sum(mask))
+
+    def result(self):
+        return self.correct / ops.maximum(self.total, 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id}
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """lr(step) = scale · d^-0.5 · min(step^-0.5, step · warmup^-1.5), with step counted from 1.
+
+    The rate rises linearly for ``warmup_steps`` steps, then decays as 1/√step. The peak,
+    reached at ``warmup_steps``, is ``scale / √(d · warmup_steps)``.
+    """
+
+    def __init__(self, model_dim, warmup_steps=4000, scale=1.0):
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be at least 1, got {warmup_steps}")
+        self.model_dim = model_dim
+        self.warmup_steps = warmup_steps
+        self.scale = scale
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32") + 1.0
+        rate = ops.minimum(ops.rsqrt(step), step * self.warmup_steps**-1.5)
+        return self.scale * self.model_dim**-0.5 * rate
+
+    def get_config(self):
+        return {"model_dim": self.model_dim, "warmup_steps": self.warmup_steps, "scale": self.scale}
+
+
+def make_optimizer(model_dim, warmup_steps=4000, scale=1.0, clipnorm=1.0):
+    """Adam with the paper's β₁ = 0.9, β₂ = 0.98, ε = 1e-9, on the warm-up schedule."""
+    schedule = TransformerSchedule(model_dim, warmup_steps, scale)
+    return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9, clipnorm=clipnorm)
+
+
+def compile_model(model, pad_id=0, warmup_steps=4000, lr_scale=1.0, label_smoothing=0.0,
+                  jit_compile="auto"):
+    """Compile a CaptionModel with the masked loss, masked accuracy and the scheduled Adam."""
+    model.compile(
+        optimizer=make_optimizer(model.config.model_dim, warmup_steps, lr_scale),
+        loss=MaskedSparseCrossEntropy(pad_id, label_smoothing),
+        metrics=[MaskedAccuracy(pad_id)],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+class History(keras.callbacks.Callback):
+    """Records loss, accuracy and learning rate after every step and every epoch, saved as JSON.
+
+    The record survives a resume: it is stored with each checkpoint and reloaded with it.
+    """
+
+    def __init__(self, path, record=None):
+        super().__init__()
+        self.path = Path(path)
+        self.record = record or {"step": [], "loss": [], "accuracy": [], "learning_rate": [], "epochs": []}
+        self._epoch_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.record["step"].append(step)
+        self.record["loss"].append(float(logs.get("loss", math.nan)))
+        self.record["accuracy"].append(float(logs.get("accuracy", math.nan)))
+        self.record["learning_rate"].append(float(ops.convert_to_numpy(
+            self.model.optimizer.learning_rate)))
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - (self._epoch_start or time.perf_counter())}
+        entry.update({key: float(value) for key, value in (logs or {}).items()})
+        self.record["epochs"].append(entry)
+        self.save()
+
+    def save(self):
+        write_json_atomic(self.path, self.record)
