@@ -11,9 +11,9 @@ import math
 import keras
 from keras import ops
 
-# Masked scores are filled with this before the softmax. The softmax runs in float32 (see
-# `scaled_dot_product_attention`), so the value is finite there; the seed's `mask * -1e9`
-# overflowed to -inf in float16 and turned fully masked rows into NaN.
+# Masked scores are replaced (not offset) by this before the softmax. The softmax runs in
+# float32 (see `scaled_dot_product_attention`), so the value is finite there; the seed's
+# `scores += mask * -1e9` overflowed to -inf in float16 and turned fully masked rows into NaN.
 MASKED_SCORE = -1e9
 
 
@@ -46,11 +46,21 @@ def padding_mask(tokens, pad_id=0):
     return ops.expand_dims(ops.not_equal(tokens, pad_id), axis=-2)
 
 
-def _check_mask(mask):
+def _check_mask(mask, key_length=None):
+    """The mask as booleans, after checking that its last axis has one entry per key."""
     if mask is None:
         return None
-    if not str(keras.backend.standardize_dtype(mask.dtype)) == "bool":
+    if not hasattr(mask, "dtype"):
+        mask = ops.convert_to_tensor(mask)
+    if str(keras.backend.standardize_dtype(mask.dtype)) != "bool":
         mask = ops.cast(mask, "bool")
+    mask_keys = ops.shape(mask)[-1] if len(ops.shape(mask)) else None
+    if (isinstance(key_length, int) and isinstance(mask_keys, int)
+            and mask_keys not in (1, key_length)):
+        raise ValueError(
+            f"attention mask of shape {ops.shape(mask)} does not match {key_length} keys: "
+            f"its last axis must have length {key_length} (or 1)"
+        )
     return mask
 
 
@@ -71,15 +81,22 @@ def scaled_dot_product_attention(query, key, value, mask=None):
     """
     depth = ops.shape(query)[-1]
     if ops.shape(key)[-1] != depth:
-        raise ValueError(f"query depth {depth} and key depth {ops.shape(key)[-1]} differ")
+        raise ValueError(
+            f"query depth {depth} and key depth {ops.shape(key)[-1]} differ: query and key must "
+            f"have the same last dimension (query {ops.shape(query)}, key {ops.shape(key)})"
+        )
     if ops.shape(key)[-2] != ops.shape(value)[-2]:
         raise ValueError(
-            f"key length {ops.shape(key)[-2]} and value length {ops.shape(value)[-2]} differ"
+            f"key length {ops.shape(key)[-2]} and value length {ops.shape(value)[-2]} differ: "
+            f"each key needs one value (key {ops.shape(key)}, value {ops.shape(value)})"
         )
+    mask = _check_mask(mask, ops.shape(key)[-2])
+    # Scale the query before the product, as Keras does: float16 products then stay far
+    # from their 65504 limit.
+    query = query * ops.cast(1.0 / math.sqrt(depth), query.dtype)
     scores = ops.matmul(query, ops.swapaxes(key, -1, -2))  # (..., Tq, Tk)
-    # The softmax runs in float32: float16 scores overflow past 65504 and lose the small weights.
-    scores = ops.cast(scores, "float32") / math.sqrt(depth)
-    mask = _check_mask(mask)
+    # The softmax runs in float32: float16 scores lose the small weights.
+    scores = ops.cast(scores, "float32")
     if mask is not None:
         scores = ops.where(mask, scores, MASKED_SCORE)
     weights = ops.softmax(scores, axis=-1)
@@ -116,7 +133,9 @@ class MultiHeadAttention(keras.layers.Layer):
         training: enables dropout.
 
     Returns:
-        ``(batch, query_length, model_dim)``, or ``(output, weights)``.
+        ``(batch, query_length, model_dim)``, or ``(output, weights)``. A query that may
+        attend to no key gets all-zero weights and a zero attention result (so the layer's
+        output is the output projection's bias), never NaN, in float16 and bfloat16 too.
 
     Example:
     >>> attention = MultiHeadAttention(model_dim=64, num_heads=4)
@@ -131,6 +150,8 @@ class MultiHeadAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         if num_heads < 1:
             raise ValueError(f"num_heads must be at least 1, got {num_heads}")
+        if model_dim < 1:
+            raise ValueError(f"model_dim must be at least 1, got {model_dim}")
         if model_dim % num_heads:
             raise ValueError(
                 f"model_dim {model_dim} is not divisible by num_heads {num_heads}: "
@@ -160,12 +181,20 @@ class MultiHeadAttention(keras.layers.Layer):
         key_shape = value_shape if key_shape is None else key_shape
         if query_shape[-1] is not None and query_shape[-1] != self.model_dim:
             raise ValueError(
-                f"query width {query_shape[-1]} does not match model_dim {self.model_dim}"
+                f"query width {query_shape[-1]} does not match model_dim {self.model_dim}: "
+                f"the query of shape {tuple(query_shape)} must end in {self.model_dim}"
             )
-        self.query_dense.build(query_shape)
-        self.key_dense.build(key_shape)
-        self.value_dense.build(value_shape)
-        self.output_dense.build(tuple(query_shape[:-1]) + (self.model_dim,))
+        if len(query_shape) != 3 or len(value_shape) != 3 or len(key_shape) != 3:
+            raise ValueError(
+                "MultiHeadAttention expects (batch, length, width) inputs, got query "
+                f"{tuple(query_shape)}, value {tuple(value_shape)}, key {tuple(key_shape)}"
+            )
+        # `project_key_value` and `attend` may have been called first and built some already.
+        for dense, shape in [(self.query_dense, query_shape), (self.key_dense, key_shape),
+                             (self.value_dense, value_shape),
+                             (self.output_dense, tuple(query_shape[:-1]) + (self.model_dim,))]:
+            if not dense.built:
+                dense.build(shape)
         self.built = True
 
     def split_heads(self, x):
@@ -191,34 +220,45 @@ class MultiHeadAttention(keras.layers.Layer):
                return_attention_scores=False, training=None):
         """Attention of ``query`` (not yet projected) over already projected key/value heads."""
         query_heads = self.split_heads(self.query_dense(query))  # (B, Tq, H, Dh)
-        mask = _check_mask(attention_mask)
+        mask = _check_mask(attention_mask, ops.shape(key_heads)[1])
         if mask is not None:
+            while len(ops.shape(mask)) < 3:
+                mask = ops.expand_dims(mask, axis=0)  # (1, Tq, Tk) for a (Tq, Tk) mask
             mask = ops.expand_dims(mask, axis=-3)  # (B, 1, Tq, Tk): the same for every head
         use_dropout = training and self.dropout > 0
         if return_attention_scores or use_dropout:
+            value_heads = ops.transpose(value_heads, (0, 2, 1, 3))  # (B, H, Tk, Dh)
             output, weights = scaled_dot_product_attention(
                 ops.transpose(query_heads, (0, 2, 1, 3)),  # (B, H, Tq, Dh)
                 ops.transpose(key_heads, (0, 2, 1, 3)),  # (B, H, Tk, Dh)
-                ops.transpose(value_heads, (0, 2, 1, 3)),
+                value_heads,
                 mask,
             )
             if use_dropout:
-                weights = self.dropout_layer(weights, training=training)
-                output = ops.matmul(weights, ops.transpose(value_heads, (0, 2, 1, 3)))
+                # The returned weights stay those before dropout, as in Keras, so that they
+                # still sum to 1 and can be plotted.
+                dropped = self.dropout_layer(weights, training=training)
+                output = ops.matmul(dropped, value_heads)  # (B, H, Tq, Dh)
             output = ops.transpose(output, (0, 2, 1, 3))  # (B, Tq, H, Dh)
         else:
             weights = None
             output = ops.dot_product_attention(query_heads, key_heads, value_heads, mask=mask)
             if mask is not None:
                 # The fused kernel averages the values of a fully masked row; make it zero.
-                any_key = ops.any(mask, axis=-1)  # (B, 1, Tq)
-                any_key = ops.broadcast_to(any_key, (ops.shape(output)[0], 1, ops.shape(output)[1]))
-                output = output * ops.cast(ops.transpose(any_key, (0, 2, 1))[..., None], output.dtype)
+                # `where`, not a product, so that even a NaN from a kernel becomes zero.
+                any_key = ops.transpose(ops.any(mask, axis=-1), (0, 2, 1))  # (B, Tq, 1)
+                output = ops.where(any_key[..., None], output, ops.zeros_like(output))
         output = self.output_dense(self.merge_heads(output))  # (B, Tq, D)
         return (output, weights) if return_attention_scores else output
 
     def call(self, query, value, key=None, attention_mask=None, return_attention_scores=False,
              training=None):
+        key_length = ops.shape(value if key is None else key)[-2]
+        if key is not None and key_length != ops.shape(value)[-2]:
+            raise ValueError(
+                f"key length {key_length} and value length {ops.shape(value)[-2]} differ: "
+                f"each key needs one value (key {ops.shape(key)}, value {ops.shape(value)})"
+            )
         key_heads, value_heads = self.project_key_value(value, key)
         return self.attend(query, key_heads, value_heads, attention_mask,
                            return_attention_scores, training)
