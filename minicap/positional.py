@@ -7,6 +7,7 @@ A position signal is added to each embedding so that the model can tell "first" 
 Reference: Vaswani et al., "Attention is all you need" (2017), section 3.5.
 """
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -14,7 +15,10 @@ from keras import ops
 
 def _check_dim(dim, multiple, what):
     if dim < multiple or dim % multiple:
-        raise ValueError(f"{what} needs a dimension divisible by {multiple}, got {dim}")
+        raise ValueError(
+            f"{what} needs dim divisible by {multiple}, got dim={dim} "
+            f"(e.g. {max(multiple, dim - dim % multiple)})"
+        )
 
 
 def sinusoidal_encoding(positions, dim, base=10000.0):
@@ -30,8 +34,10 @@ def sinusoidal_encoding(positions, dim, base=10000.0):
         float32 tensor ``(length, dim)``.
     """
     _check_dim(dim, 2, "sinusoidal_encoding")
-    if isinstance(positions, int):
-        positions = ops.arange(positions)
+    if isinstance(positions, numbers.Integral):
+        if positions < 1:
+            raise ValueError(f"positions must be at least 1 (or a 1-D tensor), got {positions}")
+        positions = ops.arange(int(positions))
     positions = ops.cast(ops.convert_to_tensor(positions), "float32")[:, None]  # (T, 1)
     frequencies = ops.exp(
         ops.arange(0, dim, 2, dtype="float32") * (-math.log(base) / dim)
@@ -79,8 +85,10 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
     def __init__(self, base=10000.0, grid=None, **kwargs):
         super().__init__(**kwargs)
+        if grid is not None and (len(grid) != 2 or any(int(side) < 1 for side in grid)):
+            raise ValueError(f"grid must be None or (height, width) of positive ints, got {grid}")
         self.base = base
-        self.grid = tuple(grid) if grid is not None else None
+        self.grid = tuple(int(side) for side in grid) if grid is not None else None
 
     def call(self, inputs, start_index=0):
         length, dim = ops.shape(inputs)[-2], ops.shape(inputs)[-1]
@@ -136,9 +144,11 @@ class PositionEmbedding(keras.layers.Layer):
 
     def call(self, inputs, start_index=0):
         length, dim = ops.shape(inputs)[-2], ops.shape(inputs)[-1]
-        if isinstance(length, int) and length > self.sequence_length:
+        if (isinstance(length, int) and isinstance(start_index, numbers.Integral)
+                and start_index + length > self.sequence_length):
             raise ValueError(
-                f"input length {length} exceeds the {self.sequence_length} learned positions"
+                f"positions {start_index} .. {start_index + length - 1} (input length {length}, "
+                f"start_index {start_index}) exceed the {self.sequence_length} learned positions"
             )
         table = ops.convert_to_tensor(self.embeddings)
         embeddings = ops.slice(table, (start_index, 0), (length, dim))  # (T, dim)
