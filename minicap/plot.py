@@ -82,3 +82,52 @@ def heatmap(matrix, ax=None, xlabel=None, ylabel=None, title=None, xticklabels=N
     if colorbar:
         plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return ax
+
+
+# ---- chapters 2 and 3: encodings and attention ------------------------------------------
+
+def show_grid_map(values, grid, ax=None, marked=None, title=None, cmap="viridis", colorbar=True):
+    """Show one value per patch ``(height · width,)`` laid out on its ``(height, width)`` grid.
+
+    ``marked`` (a patch index, in row-major order) is outlined, e.g. the patch whose similarity to
+    all others, or whose attention, is shown.
+    """
+    height, width = grid
+    values = to_numpy(values).reshape(height, width)
+    ax = heatmap(values, ax=ax, xlabel="patch column", ylabel="patch row", title=title, cmap=cmap,
+                 colorbar=colorbar)
+    ax.set_aspect("equal")
+    if marked is not None:
+        row, col = divmod(int(marked), width)
+        ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    return ax
+
+
+def show_attention_heads(weights, query_labels=None, key_labels=None, columns=4, title=None,
+                         size=2.6):
+    """One heatmap of attention weights per head: ``weights`` is ``(heads, queries, keys)``.
+
+    Returns the figure; rows are queries, columns keys, and every panel shares the colour scale
+    [0, 1] so that heads can be compared.
+    """
+    weights = to_numpy(weights)
+    heads = weights.shape[0]
+    columns = min(columns, heads)
+    rows = int(np.ceil(heads / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows), squeeze=False)
+    for head, ax in enumerate(axes.flat):
+        if head >= heads:
+            ax.axis("off")
+            continue
+        image = ax.imshow(weights[head], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_title(f"head {head}")
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        if key_labels is not None:
+            ax.set_xticks(range(len(key_labels)), key_labels, rotation=90, fontsize=7)
+        if query_labels is not None:
+            ax.set_yticks(range(len(query_labels)), query_labels, fontsize=7)
+    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="attention weight")
+    if title:
+        fig.suptitle(title)
+    return fig
