@@ -1,0 +1,9 @@
+"""Data sets and input pipelines: shapes scenes (built in), Flickr8k and COCO captions, batches.
+
+Import from the modules, e.g. ``from minicap.data.shapes import make_shapes``; the main names are
+re-exported here for convenience.
+"""
+from minicap.data.faithfulness import CaptionCheck, check_caption, faithfulness_rate
+from minicap.data.images import load_image, load_images
+from minicap.data.pipeline import CaptionBatches, cache_features
+from minicap.data.shapes import COLOURS, HELDOUT_PAIRS, SHAPES, Scene, ShapesData, make_shapes

@@ -1,0 +1,104 @@
+"""Image files to RGB uint8 arrays of one size (chapter 5).
+
+Real data sets hold every kind of JPEG and PNG: grayscale, palette, RGBA, CMYK, 16-bit, huge
+scans. :func:`load_image` turns any of them into an ``(H, W, 3)`` uint8 array, resized to the
+model's input size, and names the file when it cannot be read.
+"""
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def _size_pair(image_size):
+    """``image_size`` as ``(height, width)``, or None."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, np.integer)):
+        image_size = (image_size, image_size)
+    if (
+        len(image_size) != 2
+        or not all(isinstance(s, (int, np.integer)) and s > 0 for s in image_size)
+    ):
+        raise ValueError(f"image_size must be a positive int or a (height, width) pair, got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def to_rgb(image):
+    """Convert a PIL image of any mode to RGB (8 bits per channel).
+
+    Transparent pixels are composited onto white; 16- and 32-bit integer images are scaled from
+    their full range (not clipped at 255, which would turn most of a 16-bit image white).
+    """
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1))
+    if image.mode == "F":
+        gray = np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path, image_size=None):
+    """Read one image file as an ``(H, W, 3)`` uint8 RGB array.
+
+    Args:
+        path: an image file (JPEG, PNG, ... anything Pillow reads).
+        image_size: ``None`` to keep the file's size, or an int / ``(height, width)`` to resize
+            to (the aspect ratio is not kept: captions describe the whole image, so nothing is
+            cropped away). Large JPEGs are decoded at a reduced scale first (``Image.draft``), so
+            a 10,000 x 10,000 photo never needs its full size in memory.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: ``path`` is a directory, or the file is not a readable image (corrupt or
+            truncated); the message names the file.
+    """
+    size = _size_pair(image_size)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"image file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"image path {path!r} is a directory, not an image file")
+    try:
+        with warnings.catch_warnings():
+            if size is not None:
+                # Pillow warns above ~89 megapixels; with a target size the decode is reduced (JPEG)
+                # or streamed once, so a big photo is expected here, not an attack.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if size is not None and image.format == "JPEG":
+                # Decode at the smallest 1/2, 1/4 or 1/8 scale that is still at least `size`.
+                image.draft("RGB", (size[1], size[0]))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = to_rgb(image)
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            return np.asarray(image, dtype=np.uint8).copy()
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image file {path!r} is too large to decode safely: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image file {path!r}: {error}") from None
+
+
+def load_images(paths, image_size):
+    """Load several files to a ``(num_images, height, width, 3)`` uint8 array."""
+    size = _size_pair(image_size)
+    if size is None:
+        raise ValueError("load_images needs an image_size: images of different sizes cannot be stacked")
+    paths = list(paths)
+    images = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
+    for index, path in enumerate(paths):
+        images[index] = load_image(path, size)
+    return images
