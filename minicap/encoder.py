@@ -1,0 +1,353 @@
+"""The image encoder: a Vision Transformer built from scratch, or a pretrained ViT-B backbone (chapter 4).
+
+Both turn images ``(batch, height, width, 3)`` with values in [0, 1] into one vector per patch,
+``(batch, num_patches, model_dim)``: the sequence the caption decoder attends to.
+
+The layers are **pre-norm** (layer norm *before* attention and feed-forward, inside the residual
+branch, plus one final layer norm), as in ViT: the residual path stays an identity, so a small
+model trains stably without the learning-rate warm-up tricks that post-norm needs.
+
+References: Dosovitskiy et al., "An image is worth 16x16 words" (2020); Vaswani et al.,
+"Attention is all you need" (2017).
+"""
+import os
+
+import keras
+from keras import ops
+
+from minicap.attention import MultiHeadAttention
+from minicap.patches import PatchEncoder, Patches, check_image_shape
+
+# Layer norm epsilon of ViT (and of vit-keras).
+NORM_EPSILON = 1e-6
+
+VIT_INSTALL_HINT = (
+    "The pretrained ViT backbone needs the optional package vit-keras 0.2.0. Install it with\n"
+    "    pip install 'minicap[vit]'\n"
+    "or, on Python 3.12+ (where vit-keras declares it does not install):\n"
+    "    pip install --no-deps --ignore-requires-python vit-keras==0.2.0 opencv-python-headless validators"
+)
+
+# The pretrained backbones: vit-keras's ViT-B/16 and ViT-B/32 (ViT-Base: 12 layers, width 768).
+VIT_VARIANTS = {
+    "vit-b16": dict(patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    "vit-b32": dict(patch_size=32, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+}
+# The weight sets vit-keras can download (a local ``.npz`` path works too, see ViTBackbone.load_weights).
+VIT_WEIGHTS = ("imagenet21k+imagenet2012", "imagenet21k")
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class FeedForward(keras.layers.Layer):
+    """The position-wise feed-forward block: Dense(mlp_dim, GELU) -> dropout -> Dense(model_dim).
+
+    Args:
+        model_dim: input and output width.
+        mlp_dim: hidden width (usually 4 × ``model_dim``).
+        dropout: dropout rate after the hidden layer (training only).
+
+    Call arguments:
+        inputs: ``(batch, length, model_dim)``.
+    """
+
+    def __init__(self, model_dim, mlp_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.model_dim = model_dim
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        self.hidden = keras.layers.Dense(mlp_dim, activation="gelu", dtype=self.dtype_policy, name="hidden")
+        self.hidden_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.projection = keras.layers.Dense(model_dim, dtype=self.dtype_policy, name="projection")
+
+    def build(self, input_shape):
+        self.hidden.build(input_shape)
+        self.projection.build(tuple(input_shape[:-1]) + (self.mlp_dim,))
+
+    def call(self, inputs, training=None):
+        return self.projection(self.hidden_dropout(self.hidden(inputs), training=training))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.model_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"model_dim": self.model_dim, "mlp_dim": self.mlp_dim, "dropout": self.dropout})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class EncoderLayer(keras.layers.Layer):
+    """One pre-norm Transformer encoder layer: self-attention, then feed-forward, each residual.
+
+    ``x = x + dropout(attention(norm(x)))``, then ``x = x + dropout(feed_forward(norm(x)))``.
+
+    Args:
+        model_dim: width ``d`` of the patch vectors.
+        num_heads: attention heads (``model_dim`` must be divisible by it).
+        mlp_dim: hidden width of the feed-forward block.
+        dropout: dropout rate on attention weights and on both residual branches.
+
+    Call arguments:
+        inputs: ``(batch, patches, model_dim)``.
+        attention_mask: optional boolean ``(batch, patches, patches)``, True = may attend.
+        return_attention_scores: also return the weights ``(batch, heads, patches, patches)``.
+        training: enables dropout.
+
+    Returns:
+        ``(batch, patches, model_dim)``, or ``(output, weights)``.
+    """
+
+    def __init__(self, model_dim, num_heads, mlp_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.model_dim = model_dim
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        policy = self.dtype_policy
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=NORM_EPSILON, dtype=policy, name="attention_norm")
+        self.attention = MultiHeadAttention(model_dim, num_heads, dropout=dropout, dtype=policy, name="attention")
+        self.feed_forward_norm = keras.layers.LayerNormalization(
+            epsilon=NORM_EPSILON, dtype=policy, name="feed_forward_norm")
+        self.feed_forward = FeedForward(model_dim, mlp_dim, dropout, dtype=policy, name="feed_forward")
+        self.residual_dropout = keras.layers.Dropout(dropout, dtype=policy)
+
+    def build(self, input_shape):
+        if input_shape[-1] is not None and input_shape[-1] != self.model_dim:
+            raise ValueError(
+                f"EncoderLayer with model_dim {self.model_dim} got inputs of width {input_shape[-1]} "
+                f"(shape {tuple(input_shape)}); the last axis must be {self.model_dim}"
+            )
+        for sublayer in (self.attention_norm, self.feed_forward_norm, self.feed_forward):
+            sublayer.build(input_shape)
+        self.attention.build(input_shape, input_shape)
+
+    def call(self, inputs, attention_mask=None, return_attention_scores=False, training=None):
+        normed = self.attention_norm(inputs)
+        attended = self.attention(normed, normed, attention_mask=attention_mask,
+                                  return_attention_scores=return_attention_scores, training=training)
+        attended, weights = attended if return_attention_scores else (attended, None)
+        x = inputs + self.residual_dropout(attended, training=training)
+        x = x + self.residual_dropout(self.feed_forward(self.feed_forward_norm(x), training=training),
+                                      training=training)
+        return (x, weights) if return_attention_scores else x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"model_dim": self.model_dim, "num_heads": self.num_heads,
+                       "mlp_dim": self.mlp_dim, "dropout": self.dropout})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class VisionEncoder(keras.layers.Layer):
+    """A Vision Transformer from scratch: patches -> patch encoder (+ positions) -> N encoder layers.
+
+    Unlike an image classifier it keeps no class token: the caption decoder attends to every
+    patch vector, so the output is the whole sequence.
+
+    Args:
+        image_size: side of the square input images, divisible by ``patch_size``.
+        patch_size: side of a square patch, in pixels.
+        model_dim: width ``d`` of the patch vectors.
+        num_layers: number of encoder layers (the depth).
+        num_heads: attention heads per layer.
+        mlp_dim: hidden width of the feed-forward blocks.
+        dropout: dropout rate inside the layers and on the patch embeddings.
+
+    Call arguments:
+        images: ``(batch, image_size, image_size, 3)`` floats in [0, 1] (rescaled to [-1, 1] inside).
+        return_attention_scores: also return the list of each layer's weights
+            ``(batch, heads, patches, patches)``.
+        training: enables dropout.
+
+    Returns:
+        ``(batch, num_patches, model_dim)`` with ``num_patches = (image_size / patch_size)²``.
+    """
+
+    def __init__(self, image_size, patch_size, model_dim, num_layers, num_heads, mlp_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be 0 or more, got {num_layers}")
+        grid = check_image_shape((None, image_size, image_size, 3), patch_size)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.model_dim = model_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        self.num_patches = grid[0] * grid[1]
+        policy = self.dtype_policy
+        self.patches = Patches(patch_size, dtype=policy, name="patches")
+        self.patch_encoder = PatchEncoder(self.num_patches, model_dim, dtype=policy, name="patch_encoder")
+        self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.encoder_layers = [
+            EncoderLayer(model_dim, num_heads, mlp_dim, dropout, dtype=policy, name=f"encoder_layer_{i}")
+            for i in range(num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(epsilon=NORM_EPSILON, dtype=policy, name="final_norm")
+
+    def build(self, input_shape):
+        self._check_images(input_shape)
+        patch_shape = self.patches.compute_output_shape(input_shape)
+        self.patch_encoder.build(patch_shape)
+        sequence_shape = (input_shape[0], self.num_patches, self.model_dim)
+        for layer in self.encoder_layers:
+            layer.build(sequence_shape)
+        self.final_norm.build(sequence_shape)
+
+    def _check_images(self, shape):
+        if len(shape) != 4 or tuple(shape[1:3]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"VisionEncoder built for {self.image_size}x{self.image_size} images got input of shape "
+                f"{tuple(shape)}; expected (batch, {self.image_size}, {self.image_size}, 3)"
+            )
+
+    def call(self, images, return_attention_scores=False, training=None):
+        self._check_images(ops.shape(images))
+        images = ops.cast(images, self.compute_dtype) * 2.0 - 1.0  # [0, 1] -> [-1, 1], centred
+        x = self.patch_encoder(self.patches(images))  # (B, N, d)
+        x = self.embedding_dropout(x, training=training)
+        all_weights = []
+        for layer in self.encoder_layers:
+            if return_attention_scores:
+                x, weights = layer(x, return_attention_scores=True, training=training)
+                all_weights.append(weights)
+            else:
+                x = layer(x, training=training)
+        x = self.final_norm(x)
+        return (x, all_weights) if return_attention_scores else x
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_patches, self.model_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "image_size": self.image_size, "patch_size": self.patch_size, "model_dim": self.model_dim,
+            "num_layers": self.num_layers, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
+            "dropout": self.dropout,
+        })
+        return config
+
+
+def import_vit_keras():
+    """Import vit-keras's ``vit`` and ``utils`` modules, or raise an ImportError that says how to install it."""
+    try:
+        from vit_keras import utils, vit
+    except ImportError as error:
+        raise ImportError(f"{VIT_INSTALL_HINT}\n(import failed: {error})") from error
+    return vit, utils
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class ViTBackbone(keras.layers.Layer):
+    """A (pretrained) ViT from vit-keras, returning every patch token projected to ``model_dim``.
+
+    vit-keras's model ends by keeping the class token only (for classification); this layer taps
+    the sequence after the encoder's final layer norm instead, drops the class token, and projects
+    each of the ``num_patches`` patch tokens to the decoder's width with a trainable Dense layer.
+
+    The layer's config holds the architecture only: constructing it never downloads anything.
+    Call ``load_weights_from(weights)`` to load pretrained weights (``CaptionModel`` does so when
+    it is created from a ``CaptionConfig``); a saved ``.keras`` model restores them from the file.
+
+    Args:
+        image_size: side of the square input images, divisible by ``patch_size``.
+        model_dim: output width (the decoder's width).
+        variant: ``"vit-b16"`` or ``"vit-b32"``, or ``None`` to give the architecture below.
+        freeze: keep the ViT's weights fixed (only the projection trains), and run it without dropout.
+        patch_size, hidden_size, num_layers, num_heads, mlp_dim: the ViT architecture when
+            ``variant`` is None (small configurations for tests and experiments).
+        dropout: dropout rate inside the ViT when it is trained.
+
+    Call arguments:
+        images: ``(batch, image_size, image_size, 3)`` floats in [0, 1] (mapped to vit-keras's
+            [-1, 1] inside).
+        training: enables dropout (in the ViT only when not frozen).
+
+    Returns:
+        ``(batch, num_patches, model_dim)``.
+    """
+
+    def __init__(self, image_size, model_dim, variant="vit-b16", freeze=True, patch_size=None, hidden_size=None,
+                 num_layers=None, num_heads=None, mlp_dim=None, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if variant is not None and variant not in VIT_VARIANTS:
+            raise ValueError(f"unknown ViT variant {variant!r}; choose one of {sorted(VIT_VARIANTS)} or None")
+        architecture = dict(VIT_VARIANTS[variant]) if variant else {}
+        given = dict(patch_size=patch_size, hidden_size=hidden_size, num_layers=num_layers,
+                     num_heads=num_heads, mlp_dim=mlp_dim)
+        for name, value in given.items():
+            if value is not None:
+                architecture[name] = value
+            elif name not in architecture:
+                raise ValueError(f"ViTBackbone with variant=None needs {name}; got None")
+        self.image_size = image_size
+        self.model_dim = model_dim
+        self.variant = variant
+        self.freeze = freeze
+        self.patch_size, self.hidden_size = patch_size, hidden_size
+        self.num_layers, self.num_heads, self.mlp_dim = num_layers, num_heads, mlp_dim
+        self.dropout = dropout
+        self.architecture = architecture
+        grid = check_image_shape((None, image_size, image_size, 3), architecture["patch_size"])
+        self.num_patches = grid[0] * grid[1]
+        vit, _ = import_vit_keras()
+        full = vit.build_model(
+            image_size=image_size, name=variant or "vit", classes=1, include_top=False, dropout=dropout,
+            **architecture,
+        )
+        # The sequence (class token + patches) before vit-keras's "ExtractToken" keeps only the class token.
+        self.vit = keras.Model(full.input, full.get_layer("Transformer_encoder_norm").output, name="vit")
+        self.vit.trainable = not freeze
+        self.projection = keras.layers.Dense(model_dim, dtype=self.dtype_policy, name="projection")
+
+    def build(self, input_shape):
+        self.projection.build((input_shape[0], self.num_patches, self.architecture["hidden_size"]))
+
+    def load_weights_from(self, weights="imagenet21k+imagenet2012"):
+        """Load pretrained ViT weights: a name in ``VIT_WEIGHTS`` (downloaded by vit-keras, then cached
+        under ``~/.keras/weights``) or the path of a local ``.npz`` file in the official format."""
+        vit, utils = import_vit_keras()
+        grid = self.image_size // self.architecture["patch_size"]
+        if weights in VIT_WEIGHTS:
+            if self.variant is None:
+                raise ValueError(f"weights {weights!r} exist for the variants {sorted(VIT_VARIANTS)} only; "
+                                 f"this backbone has variant=None: give the path of a .npz file")
+            size = "B_16" if self.variant == "vit-b16" else "B_32"
+            vit.load_pretrained(size=size, weights=weights, pretrained_top=False, model=self.vit,
+                                image_size=self.image_size, patch_size=self.architecture["patch_size"])
+            return
+        if not str(weights).endswith(".npz"):
+            raise ValueError(f"weights must be one of {list(VIT_WEIGHTS)} or the path of a .npz file, got {weights!r}")
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"ViT weights file {weights!r} does not exist")
+        utils.load_weights_numpy(model=self.vit, params_path=str(weights), pretrained_top=False,
+                                 num_x_patches=grid, num_y_patches=grid)
+
+    def call(self, images, training=None):
+        if tuple(ops.shape(images)[1:3]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"ViTBackbone built for {self.image_size}x{self.image_size} images got input of shape "
+                f"{tuple(ops.shape(images))}"
+            )
+        images = ops.cast(images, self.compute_dtype) * 2.0 - 1.0  # vit-keras expects [-1, 1]
+        tokens = self.vit(images, training=False if self.freeze else training)  # (B, 1 + N, hidden)
+        return self.projection(tokens[:, 1:])  # (B, N, d): the patch tokens, without the class token
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_patches, self.model_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "image_size": self.image_size, "model_dim": self.model_dim, "variant": self.variant,
+            "freeze": self.freeze, "patch_size": self.patch_size, "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
+            "dropout": self.dropout,
+        })
+        return config

@@ -1,0 +1,198 @@
+"""The captioning model: image encoder + caption decoder + vocabulary head (chapter 4).
+
+``CaptionModel((images, tokens))`` returns the logits of the next token at every position
+(teacher forcing). For generation, ``encode`` runs the encoder once, ``init_cache`` prepares the
+decoder's cache, and ``decode_step`` writes one position at a time (chapter 6).
+
+All sizes live in one ``CaptionConfig``, which is saved as JSON next to a trained model and is
+the model's whole Keras config, so ``keras.models.load_model(path, safe_mode=True)`` rebuilds it.
+"""
+import dataclasses
+import json
+
+import keras
+from keras import ops
+
+from minicap.decoder import Decoder
+from minicap.encoder import VIT_VARIANTS, VIT_WEIGHTS, ViTBackbone, VisionEncoder
+
+BACKBONES = ("scratch",) + tuple(VIT_VARIANTS)
+
+
+@dataclasses.dataclass
+class CaptionConfig:
+    """Every size of a ``CaptionModel``, in one place."""
+
+    vocab_size: int  # number of token ids, including [PAD], [START], [END] and [UNK]
+    max_length: int = 20  # most tokens in a decoder input ([START] + words); the cache's length
+    image_size: int = 64  # side of the square input images, in pixels
+    patch_size: int = 8  # patch side of the scratch encoder (a ViT-B backbone has its own, 16 or 32)
+    model_dim: int = 128  # width d of patch and token vectors, in encoder and decoder
+    num_heads: int = 4  # attention heads in every attention layer; divides model_dim
+    encoder_layers: int = 2  # depth of the scratch encoder (unused by a pretrained backbone)
+    decoder_layers: int = 2  # depth of the decoder
+    mlp_dim: int = 512  # hidden width of the feed-forward blocks (usually 4 * model_dim)
+    dropout: float = 0.1  # dropout rate on embeddings, attention weights and residual branches
+    backbone: str = "scratch"  # "scratch" (VisionEncoder) or a pretrained ViT: "vit-b16" / "vit-b32"
+    freeze_backbone: bool = True  # keep a pretrained ViT's weights fixed (its projection still trains)
+    pad_id: int = 0  # the padding token id, hidden from self-attention and from the loss
+    # pretrained ViT weights loaded when a model is created (not when loaded from a file): a name in
+    # VIT_WEIGHTS (downloaded once by vit-keras), a local .npz path, or None for random weights
+    backbone_weights: str | None = "imagenet21k+imagenet2012"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_length", "image_size", "patch_size", "model_dim", "num_heads",
+                     "decoder_layers", "mlp_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"CaptionConfig.{name} must be a positive integer, got {value!r}")
+        if self.encoder_layers < 0:
+            raise ValueError(f"CaptionConfig.encoder_layers must be 0 or more, got {self.encoder_layers!r}")
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"CaptionConfig.model_dim {self.model_dim} is not divisible by num_heads "
+                             f"{self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"CaptionConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"CaptionConfig.backbone {self.backbone!r} is not one of {list(BACKBONES)}")
+        if self.image_size % self.encoder_patch_size:
+            raise ValueError(f"CaptionConfig.image_size {self.image_size} is not divisible by the "
+                             f"{self.backbone} encoder's patch size {self.encoder_patch_size}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"CaptionConfig.pad_id {self.pad_id} is not a token id below vocab_size "
+                             f"{self.vocab_size}")
+        weights = self.backbone_weights
+        if weights is not None and weights not in VIT_WEIGHTS and not str(weights).endswith(".npz"):
+            raise ValueError(f"CaptionConfig.backbone_weights must be one of {list(VIT_WEIGHTS)}, the path "
+                             f"of a .npz file, or None; got {weights!r}")
+
+    @property
+    def encoder_patch_size(self):
+        """The patch side the encoder actually uses: ``patch_size``, or the pretrained ViT's."""
+        return self.patch_size if self.backbone == "scratch" else VIT_VARIANTS[self.backbone]["patch_size"]
+
+    @property
+    def num_patches(self):
+        """How many patch vectors the encoder returns, ``(image_size / encoder_patch_size)²``."""
+        return (self.image_size // self.encoder_patch_size) ** 2
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        fields = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown CaptionConfig fields {unknown}; valid fields are {sorted(fields)}")
+        return cls(**values)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path):
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path):
+        with open(path, encoding="utf-8") as file:
+            return cls.from_json(file.read())
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class CaptionModel(keras.Model):
+    """Encoder (scratch ViT or pretrained ViT-B) + decoder + a float32 vocabulary head.
+
+    Args:
+        config: a ``CaptionConfig`` or its dict.
+        load_backbone_weights: load ``config.backbone_weights`` into a pretrained backbone.
+            ``from_config`` (hence ``load_model``) passes False: the weights come from the file.
+
+    Call arguments:
+        inputs: ``(images, tokens)``: float images ``(batch, image_size, image_size, 3)`` in [0, 1]
+            and int tokens ``(batch, length)``, ``length <= max_length``; tokens equal to
+            ``pad_id`` are hidden as keys from self-attention.
+        training: enables dropout.
+
+    Returns:
+        float32 logits ``(batch, length, vocab_size)``: at position ``i``, the scores of the token
+        that follows ``tokens[:, :i+1]``.
+    """
+
+    def __init__(self, config, load_backbone_weights=True, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = CaptionConfig.from_dict(config)
+        if not isinstance(config, CaptionConfig):
+            raise ValueError(f"config must be a CaptionConfig or a dict, got {type(config).__name__}")
+        self.config = config
+        policy = self.dtype_policy
+        if config.backbone == "scratch":
+            self.encoder = VisionEncoder(
+                config.image_size, config.patch_size, config.model_dim, config.encoder_layers, config.num_heads,
+                config.mlp_dim, config.dropout, dtype=policy, name="encoder")
+        else:
+            self.encoder = ViTBackbone(config.image_size, config.model_dim, variant=config.backbone,
+                                       freeze=config.freeze_backbone, dtype=policy, name="encoder")
+        self.decoder = Decoder(
+            config.vocab_size, config.max_length, config.model_dim, config.decoder_layers, config.num_heads,
+            config.mlp_dim, config.dropout, config.pad_id, dtype=policy, name="decoder")
+        # float32 logits even under mixed precision, so that softmax and loss are stable.
+        self.head = keras.layers.Dense(config.vocab_size, dtype="float32", name="head")
+        self.build()
+        if config.backbone != "scratch" and config.backbone_weights and load_backbone_weights:
+            self.encoder.load_weights_from(config.backbone_weights)
+
+    def build(self, input_shape=None):
+        # Every weight is created from the config alone, so a new model can be summarised and a
+        # saved one loaded before any call.
+        size, dim = self.config.image_size, self.config.model_dim
+        self.encoder.build((None, size, size, 3))
+        self.decoder.build((None, self.config.max_length), (None, self.config.num_patches, dim))
+        self.head.build((None, self.config.max_length, dim))
+        self.built = True
+
+    def _split_inputs(self, inputs):
+        if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+            raise ValueError(f"CaptionModel expects inputs (images, tokens), got {type(inputs).__name__}")
+        return inputs
+
+    def call(self, inputs, training=None):
+        images, tokens = self._split_inputs(inputs)
+        hidden = self.decoder(tokens, self.encode(images, training=training), training=training)
+        return self.head(hidden)  # (B, T, V)
+
+    def encode(self, images, training=False):
+        """The encoder's patch vectors ``(batch, num_patches, model_dim)``."""
+        return self.encoder(images, training=training)
+
+    def init_cache(self, encoder_output, max_length=None):
+        """The decoder cache for up to ``max_length`` (default ``config.max_length``) positions; see
+        ``Decoder.init_cache``. Every leaf has a leading batch axis."""
+        return self.decoder.init_cache(encoder_output, max_length)
+
+    def decode_step(self, tokens, cache, index):
+        """Logits ``(batch, t, vocab_size)`` of ``tokens`` ``(batch, t)`` at positions ``index..``, and
+        the updated cache. Equals ``model((images, all_tokens))[:, index:index+t]`` (inference mode)."""
+        hidden, cache = self.decoder.step(tokens, cache, index)
+        return self.head(hidden), cache
+
+    def attention_scores(self, images, tokens):
+        """Attention weights of a full (inference) pass: ``{"self": [per layer (batch, heads, T, T)],
+        "cross": [per layer (batch, heads, T, num_patches)]}``."""
+        encoder_output = self.encode(images, training=False)
+        _, scores = self.decoder(tokens, encoder_output, return_attention_scores=True, training=False)
+        return scores
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(config.pop("config"), load_backbone_weights=False, **config)

@@ -1,0 +1,161 @@
+"""Tests for minicap.encoder: feed-forward, encoder layer, scratch ViT encoder, vit-keras backbone."""
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from layer_checks import check_layer
+from minicap.encoder import VIT_INSTALL_HINT, EncoderLayer, FeedForward, ViTBackbone, VisionEncoder
+
+
+def test_feed_forward_contract_and_shape(tmp_path):
+    layer = FeedForward(model_dim=8, mlp_dim=16)
+    output = check_layer(layer, [np.random.rand(2, 5, 8).astype("float32")], tmp_path)
+    assert output.shape == (2, 5, 8)
+    assert layer.hidden.kernel.shape == (8, 16)
+
+
+def test_encoder_layer_contract_and_weights(tmp_path):
+    layer = EncoderLayer(model_dim=16, num_heads=2, mlp_dim=32)
+    x = np.random.rand(2, 9, 16).astype("float32")
+    assert check_layer(layer, [x], tmp_path).shape == (2, 9, 16)
+    _, weights = layer(x, return_attention_scores=True)
+    assert tuple(weights.shape) == (2, 2, 9, 9)
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.sum(weights, axis=-1)), 1.0, atol=1e-5)
+
+
+def test_encoder_layer_is_identity_when_both_branches_output_zero():
+    # Pre-norm keeps the residual path an identity: with the attention's output projection and the
+    # feed-forward's last projection zeroed, the layer returns its input unchanged.
+    layer = EncoderLayer(model_dim=8, num_heads=2, mlp_dim=16)
+    x = np.random.rand(1, 4, 8).astype("float32")
+    layer(x)
+    for dense in (layer.attention.output_dense, layer.feed_forward.projection):
+        dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), x, atol=1e-6)
+
+
+def test_encoder_layer_rejects_wrong_width():
+    with pytest.raises(ValueError, match="model_dim 16 got inputs of width 8"):
+        EncoderLayer(model_dim=16, num_heads=2, mlp_dim=32)(np.zeros((1, 4, 8), "float32"))
+
+
+def test_vision_encoder_contract_and_shapes(tmp_path):
+    encoder = VisionEncoder(image_size=32, patch_size=8, model_dim=16, num_layers=2, num_heads=2, mlp_dim=32)
+    images = np.random.rand(2, 32, 32, 3).astype("float32")
+    assert encoder.num_patches == 16
+    assert check_layer(encoder, [images], tmp_path).shape == (2, 16, 16)
+    output, weights = encoder(images, return_attention_scores=True)
+    assert tuple(output.shape) == (2, 16, 16)
+    assert [tuple(w.shape) for w in weights] == [(2, 2, 16, 16)] * 2
+
+
+def test_vision_encoder_output_depends_on_patch_position():
+    # Swapping two patches changes more than the order of the outputs: positions are encoded.
+    encoder = VisionEncoder(image_size=16, patch_size=8, model_dim=8, num_layers=1, num_heads=2, mlp_dim=16)
+    images = np.random.rand(1, 16, 16, 3).astype("float32")
+    swapped = images.copy()
+    swapped[:, :8, :8], swapped[:, :8, 8:] = images[:, :8, 8:], images[:, :8, :8]
+    output, output_swapped = (ops.convert_to_numpy(encoder(x)) for x in (images, swapped))
+    assert not np.allclose(output[:, [1, 0, 2, 3]], output_swapped, atol=1e-4)
+
+
+def test_vision_encoder_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="not divisible by patch size 8"):
+        VisionEncoder(image_size=36, patch_size=8, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
+    encoder = VisionEncoder(image_size=32, patch_size=8, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
+    with pytest.raises(ValueError, match="built for 32x32 images"):
+        encoder(np.zeros((1, 64, 64, 3), "float32"))
+
+
+def test_pretrained_backbone_without_vit_keras_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vit_keras", None)  # makes `import vit_keras` fail
+    with pytest.raises(ImportError, match="--ignore-requires-python vit-keras==0.2.0") as error:
+        ViTBackbone(image_size=32, model_dim=16, variant="vit-b32")
+    assert "opencv-python-headless validators" in str(error.value)
+    assert "pip install --no-deps --ignore-requires-python" in VIT_INSTALL_HINT
+
+
+def test_backbone_rejects_unknown_variant():
+    with pytest.raises(ValueError, match="unknown ViT variant 'vit-h14'"):
+        ViTBackbone(image_size=32, model_dim=16, variant="vit-h14")
+
+
+# A small ViT in vit-keras's architecture (ViT-B has the same structure, 12 layers of width 768).
+SMALL_VIT = dict(variant=None, patch_size=8, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32)
+
+
+def _official_key(path):
+    """The key of a vit-keras weight (its Keras path) in the official ``.npz`` files."""
+    path = path.replace("/gamma", "/scale").replace("/beta", "/bias")
+    if path == "class_token/cls":
+        return "cls"
+    path = path.replace("Transformer_posembed_input", "Transformer/posembed_input")
+    path = path.replace("Transformer_encoder_norm", "Transformer/encoder_norm")
+    parts = path.split("/")
+    if parts[0].startswith("Transformer_encoderblock_"):
+        block = parts[0].replace("Transformer_encoderblock_", "Transformer/encoderblock_")
+        if parts[1] == "MlpBlock_3":  # Keras names its Dense layers "<block>_Dense_0"
+            parts[2] = parts[2].split("_")[-2] + "_" + parts[2].split("_")[-1]
+        path = "/".join([block] + parts[1:])
+    return path
+
+
+def _write_official_weights(path, vit_model, heads):
+    """Random weights for ``vit_model`` in the official (Flax) layout: attention kernels split by head."""
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for weight in vit_model.weights:
+        shape = tuple(weight.shape)
+        key = _official_key(weight.path)
+        if "MultiHeadDotProductAttention_1" in key:
+            if key.endswith("out/kernel"):
+                shape = (heads, shape[0] // heads, shape[1])
+            elif key.endswith("kernel"):
+                shape = (shape[0], heads, shape[1] // heads)
+            elif not key.endswith("out/bias"):
+                shape = (heads, shape[0] // heads)
+        arrays[key] = rng.normal(size=shape).astype("float32")
+    arrays["head/kernel"] = np.zeros((16, 10), "float32")  # official files carry the classifier too
+    arrays["head/bias"] = np.zeros((10,), "float32")
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_backbone_loads_official_weights_and_returns_patch_tokens(tmp_path):
+    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
+    backbone = ViTBackbone(image_size=32, model_dim=12, **SMALL_VIT)
+    path = tmp_path / "ViT-small.npz"
+    arrays = _write_official_weights(path, backbone.vit, heads=2)
+    backbone.load_weights_from(str(path))
+    for weight in backbone.vit.weights:  # every ViT weight comes from the file
+        np.testing.assert_array_equal(ops.convert_to_numpy(weight),
+                                      arrays[_official_key(weight.path)].reshape(weight.shape))
+    images = np.random.rand(2, 32, 32, 3).astype("float32")
+    features = check_layer(backbone, [images], tmp_path, atol=1e-5)
+    assert features.shape == (2, 16, 12)  # 4x4 patch tokens, the class token dropped
+    tokens = backbone.vit(images * 2 - 1)  # vit-keras expects [-1, 1]
+    np.testing.assert_allclose(features, ops.convert_to_numpy(backbone.projection(tokens[:, 1:])), atol=1e-5)
+
+
+def test_backbone_freeze_leaves_only_the_projection_trainable():
+    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
+    frozen = ViTBackbone(image_size=16, model_dim=8, freeze=True, name="frozen", **SMALL_VIT)
+    trained = ViTBackbone(image_size=16, model_dim=8, freeze=False, **SMALL_VIT)
+    for backbone in (frozen, trained):
+        backbone(np.zeros((1, 16, 16, 3), "float32"))
+    assert [w.path for w in frozen.trainable_weights] == ["frozen/projection/kernel", "frozen/projection/bias"]
+    assert len(trained.trainable_weights) == len(trained.vit.weights) + 2
+
+
+def test_backbone_weight_errors(tmp_path):
+    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
+    backbone = ViTBackbone(image_size=16, model_dim=8, **SMALL_VIT)
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        backbone.load_weights_from(str(tmp_path / "missing.npz"))
+    with pytest.raises(ValueError, match="must be one of"):
+        backbone.load_weights_from("imagenet")
+    with pytest.raises(ValueError, match="variant=None"):
+        backbone.load_weights_from("imagenet21k")

@@ -1,0 +1,135 @@
+"""Tests for minicap.model: CaptionConfig and CaptionModel (training, saving, cached decoding)."""
+import json
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from minicap.model import CaptionConfig, CaptionModel
+
+VOCAB = 11
+
+
+def _config(**overrides):
+    values = dict(vocab_size=VOCAB, max_length=6, image_size=32, patch_size=8, model_dim=32, num_heads=2,
+                  encoder_layers=1, decoder_layers=2, mlp_dim=64, dropout=0.1)
+    return CaptionConfig(**{**values, **overrides})
+
+
+def _batch(batch=3, length=6, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch, 32, 32, 3)).astype("float32")
+    tokens = rng.integers(1, VOCAB, (batch, length)).astype("int32")
+    tokens[1, 4:] = 0  # padding
+    return images, tokens
+
+
+def test_config_json_round_trip(tmp_path):
+    config = _config(backbone_weights=None)
+    assert CaptionConfig.from_json(config.to_json()) == config
+    assert json.loads(config.to_json())["model_dim"] == 32
+    config.save(tmp_path / "config.json")
+    assert CaptionConfig.load(tmp_path / "config.json") == config
+    assert config.num_patches == 16 and config.encoder_patch_size == 8
+    assert _config(backbone="vit-b32").encoder_patch_size == 32
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model_dim=30, num_heads=4), "model_dim 30 is not divisible by num_heads 4"),
+    (dict(image_size=36), "image_size 36 is not divisible by the scratch encoder's patch size 8"),
+    (dict(backbone="resnet"), "backbone 'resnet' is not one of"),
+    (dict(vocab_size=0), "vocab_size must be a positive integer, got 0"),
+    (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
+    (dict(pad_id=11), "pad_id 11 is not a token id below vocab_size 11"),
+    (dict(backbone_weights="imagenet"), "backbone_weights must be one of"),
+])
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**overrides)
+
+
+def test_config_rejects_unknown_fields():
+    with pytest.raises(ValueError, match=r"unknown CaptionConfig fields \['width'\]"):
+        CaptionConfig.from_dict({"vocab_size": 5, "width": 3})
+
+
+def test_logits_shape_and_dtype_and_dict_config():
+    model = CaptionModel(_config().to_dict())
+    logits = model(_batch())
+    assert tuple(logits.shape) == (3, 6, VOCAB)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert model.count_params() > 0 and model.built
+
+
+def test_logits_are_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = CaptionModel(_config())
+    assert keras.backend.standardize_dtype(model.encode(_batch()[0]).dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(model(_batch()).dtype) == "float32"
+
+
+def test_save_and_load_give_identical_outputs(tmp_path):
+    model = CaptionModel(_config())
+    inputs = _batch()
+    expected = ops.convert_to_numpy(model(inputs))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert isinstance(loaded, CaptionModel) and loaded.config == model.config
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(inputs)), expected)
+
+
+def test_fit_reduces_the_loss_and_the_trained_model_reloads(tmp_path):
+    model = CaptionModel(_config(dropout=0.0))
+    images, tokens = _batch(batch=4, length=6)
+    targets = np.roll(tokens, -1, axis=1)
+    targets[:, -1] = 0
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    history = model.fit((images, tokens), targets, batch_size=4, epochs=8, verbose=0)
+    losses = history.history["loss"]
+    assert len(losses) == 8 and np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0] - 0.1
+    model.save(tmp_path / "trained.keras")
+    loaded = keras.models.load_model(tmp_path / "trained.keras", safe_mode=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded((images, tokens))),
+                               ops.convert_to_numpy(model((images, tokens))), atol=1e-6)
+
+
+def test_decode_step_equals_the_full_pass():
+    model = CaptionModel(_config())
+    images, tokens = _batch()
+    full = ops.convert_to_numpy(model((images, tokens), training=False))
+    cache = model.init_cache(model.encode(images, training=False), max_length=6)
+    steps = []
+    for index in range(6):
+        logits, cache = model.decode_step(tokens[:, index:index + 1], cache, ops.convert_to_tensor(index, "int32"))
+        assert tuple(logits.shape) == (3, 1, VOCAB)
+        steps.append(ops.convert_to_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_attention_scores():
+    model = CaptionModel(_config())
+    images, tokens = _batch()
+    scores = model.attention_scores(images, tokens)
+    assert [tuple(w.shape) for w in scores["self"]] == [(3, 2, 6, 6)] * 2
+    assert [tuple(w.shape) for w in scores["cross"]] == [(3, 2, 6, 16)] * 2
+    np.testing.assert_allclose(ops.convert_to_numpy(scores["cross"][0]).sum(-1), 1.0, atol=1e-5)
+
+
+def test_model_rejects_bad_inputs():
+    model = CaptionModel(_config())
+    with pytest.raises(ValueError, match=r"expects inputs \(images, tokens\)"):
+        model(_batch()[0])
+    with pytest.raises(ValueError, match="built for 32x32 images"):
+        model((np.zeros((1, 64, 64, 3), "float32"), np.ones((1, 3), "int32")))
+    with pytest.raises(ValueError, match="config must be a CaptionConfig or a dict"):
+        CaptionModel("config.json")
+
+
+def test_pretrained_backbone_without_vit_keras_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vit_keras", None)
+    with pytest.raises(ImportError, match="pip install --no-deps --ignore-requires-python vit-keras==0.2.0"):
+        CaptionModel(_config(backbone="vit-b32", backbone_weights=None))
