@@ -97,6 +97,7 @@ def show_grid_map(values, grid, ax=None, marked=None, title=None, cmap="viridis"
     ax = heatmap(values, ax=ax, xlabel="patch column", ylabel="patch row", title=title, cmap=cmap,
                  colorbar=colorbar)
     ax.set_aspect("equal")
+    ax.set_xticks(range(width)), ax.set_yticks(range(height))
     if marked is not None:
         row, col = divmod(int(marked), width)
         ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
@@ -114,7 +115,8 @@ def show_attention_heads(weights, query_labels=None, key_labels=None, columns=4,
     heads = weights.shape[0]
     columns = min(columns, heads)
     rows = int(np.ceil(heads / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows + 0.6), squeeze=False,
+                             layout="constrained")
     for head, ax in enumerate(axes.flat):
         if head >= heads:
             ax.axis("off")
@@ -122,12 +124,53 @@ def show_attention_heads(weights, query_labels=None, key_labels=None, columns=4,
         image = ax.imshow(weights[head], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_title(f"head {head}")
         ax.set_xlabel("key")
-        ax.set_ylabel("query")
+        if head % columns == 0:
+            ax.set_ylabel("query")
         if key_labels is not None:
             ax.set_xticks(range(len(key_labels)), key_labels, rotation=90, fontsize=7)
         if query_labels is not None:
-            ax.set_yticks(range(len(query_labels)), query_labels, fontsize=7)
-    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="attention weight")
+            ax.set_yticks(range(len(query_labels)), query_labels if head % columns == 0 else [], fontsize=7)
+    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01, label="attention weight")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ---- chapters 4 and 6: the captioning model ------------------------------------------------
+
+def show_word_attention(image, weights, words, grid, columns=6, title=None, size=1.9, alpha=0.6):
+    """Where each word of a caption looks: one panel per word, its cross-attention over the patches.
+
+    Args:
+        image: ``(height, width, 3)``, uint8 or floats in [0, 1].
+        weights: ``(words, patches)`` cross-attention weights (e.g. one layer, averaged over heads).
+        words: one label per row of ``weights``.
+        grid: ``(rows, cols)`` of the patch grid, ``rows · cols = patches``.
+
+    Each panel shows the image with the word's weights, upsampled to pixels, laid over it; all
+    panels share one colour scale (0 to the largest weight) so that words can be compared.
+    Returns the figure.
+    """
+    image, weights = to_numpy(image), to_numpy(weights)
+    rows, cols = grid
+    if weights.ndim != 2 or weights.shape[1] != rows * cols or weights.shape[0] != len(words):
+        raise ValueError(f"weights of shape {weights.shape} do not match {len(words)} words over a "
+                         f"{rows}x{cols} grid: expected ({len(words)}, {rows * cols})")
+    height, width = image.shape[:2]
+    count = len(words)
+    columns = min(columns, count)
+    panel_rows = int(np.ceil(count / columns))
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(size * columns + 1, size * panel_rows + 0.6),
+                             squeeze=False, layout="constrained")
+    vmax = float(weights.max()) or 1.0
+    for index, ax in enumerate(axes.flat):
+        if index >= count:
+            ax.axis("off")
+            continue
+        show_image(image, ax, title=str(words[index]))
+        overlay = ax.imshow(weights[index].reshape(rows, cols), cmap="inferno", alpha=alpha, vmin=0.0, vmax=vmax,
+                            extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
+    fig.colorbar(overlay, ax=axes, fraction=0.02, pad=0.01, label="attention weight")
     if title:
         fig.suptitle(title)
     return fig
