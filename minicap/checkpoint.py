@@ -51,6 +51,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.every = every
         self.extra = extra or (lambda: {})
         self.epoch = 0
+        self.batch_offset = 0  # batches of the current epoch done before this fit (a resumed epoch)
 
     @property
     def state_path(self):
@@ -98,8 +99,9 @@ class Checkpointer(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every and (batch + 1) % self.every == 0:
-            self.save(self.epoch, batch + 1)
+        done = self.batch_offset + batch + 1
+        if self.every and done % self.every == 0:
+            self.save(self.epoch, done)
 
     def on_epoch_end(self, epoch, logs=None):
         self.save(epoch + 1, 0)

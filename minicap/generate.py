@@ -17,13 +17,24 @@ import numpy as np
 from keras import ops
 
 
-def _compile(function):
-    """Compile ``function`` with the backend's JIT: ``jax.jit`` or ``tf.function``; PyTorch runs eagerly."""
+def _compile(function, model):
+    """Compile ``function`` with the backend's JIT; PyTorch runs it eagerly.
+
+    Under JAX the model's weights are passed in as arguments (through a ``StatelessScope``) rather
+    than captured as constants, so a generator built before training sees the trained weights.
+    """
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        return jax.jit(function)
+        variables = model.variables
+
+        def stateless(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return function(*args)
+
+        jitted = jax.jit(stateless)
+        return lambda *args: jitted([v.value for v in variables], *args)
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -38,8 +49,9 @@ def _check_images(model, images):
         raise ValueError(
             f"expected images of shape (batch, {size}, {size}, 3) for this model, got {tuple(images.shape)}"
         )
-    if not str(images.dtype).startswith(("float", "bfloat")):
-        raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if not dtype.startswith(("float", "bfloat")):
+        raise ValueError(f"expected float images in [0, 1], got dtype {dtype}; divide uint8 images by 255")
     return images
 
 
@@ -89,7 +101,7 @@ class Generator:
 
     def _run(self, key, function, *args):
         if key not in self._compiled:
-            self._compiled[key] = _compile(function)
+            self._compiled[key] = _compile(function, self.model)
         return ops.convert_to_numpy(self._compiled[key](*args)).astype("int32")
 
     # Greedy decoding and sampling share one loop; they differ in how a word is picked.

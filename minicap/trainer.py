@@ -67,3 +67,188 @@ def profile(name, **overrides):
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return TrainConfig.from_dict({**dataclasses.asdict(PROFILES[name]), **overrides})
+
+
+def load_data(config):
+    """The training and validation data of ``config``: ``(train, val)``, each with images and captions."""
+    if config.dataset != "shapes":
+        from minicap.data import real_datasets
+
+        return real_datasets.load(config)
+    from minicap.data.shapes import make_shapes
+
+    common = dict(image_size=config.image_size, max_objects=config.max_objects)
+    train_split = make_shapes(config.num_train, split="train", seed=config.seed, **common)
+    val_split = make_shapes(config.num_val, split="val", seed=config.seed + 1, **common)
+    return train_split, val_split
+
+
+def model_config(config, vocab_size, pad_id):
+    """The CaptionConfig that ``config`` describes, for a vocabulary of ``vocab_size`` words."""
+    from minicap.model import CaptionConfig
+
+    return CaptionConfig(
+        vocab_size=vocab_size, max_length=config.max_length, image_size=config.image_size,
+        patch_size=config.patch_size, model_dim=config.model_dim, num_heads=config.num_heads,
+        encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers, mlp_dim=config.mlp_dim,
+        dropout=config.dropout, backbone=config.backbone, freeze_backbone=config.freeze_backbone, pad_id=pad_id,
+    )
+
+
+def _set_precision(config):
+    if not config.mixed_precision:
+        keras.mixed_precision.set_global_policy("float32")
+        return "float32"
+    policy = "mixed_bfloat16" if _has_bfloat16() else "mixed_float16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def _has_bfloat16():
+    """bfloat16 is fast on GPUs from Ampere on, and on TPUs; float16 elsewhere on GPUs."""
+    try:
+        import jax
+
+        device = jax.devices()[0]
+        kind = getattr(device, "device_kind", "").lower()
+        return device.platform == "tpu" or any(name in kind for name in ("a100", "h100", "h200", "l4", "a10", "rtx 30", "rtx 40"))
+    except Exception:  # noqa: BLE001 (no JAX: decide from TensorFlow)
+        try:
+            import tensorflow as tf
+
+            details = [tf.config.experimental.get_device_details(gpu) for gpu in tf.config.list_physical_devices("GPU")]
+            return any(d.get("compute_capability", (0, 0)) >= (8, 0) for d in details)
+        except Exception:  # noqa: BLE001
+            return True  # CPUs compute bfloat16 correctly (if not fast)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What ``train`` returns: the trained model and everything needed to use it."""
+
+    model: keras.Model
+    tokenizer: object
+    history: dict
+    run_dir: Path
+    resumed_from_step: int  # 0 for a fresh run
+
+    @property
+    def model_path(self):
+        return self.run_dir / "model.keras"
+
+
+def _check_run_dir(run_dir, config, overwrite):
+    """Refuse to clobber a finished run, or to resume a run of different settings."""
+    if (run_dir / "model.keras").exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{run_dir / 'model.keras'} already holds a trained model; choose another run directory, "
+                f"or pass overwrite=True (minicap train --overwrite) to train again and replace it")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    saved = run_dir / "train_config.json"
+    if saved.exists() and (run_dir / "checkpoints" / "state.json").exists():
+        previous = json.loads(saved.read_text())
+        if previous != dataclasses.asdict(config):
+            changed = sorted(k for k in previous if previous.get(k) != dataclasses.asdict(config).get(k))
+            raise ValueError(
+                f"{run_dir} holds an interrupted run with different settings ({', '.join(changed)}); resume it "
+                f"with the same settings, or use another run directory")
+
+
+def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
+    """Train a captioning model as ``config`` says, in ``run_dir``; resume if it was interrupted.
+
+    Args:
+        config: a :class:`TrainConfig`, or a profile name (``"quick"``, ``"gpu"``).
+        run_dir: the run directory (see the module docstring of :mod:`minicap.training`).
+        overwrite: replace a finished run's model instead of refusing.
+        verbose: ``model.fit``'s verbosity (1: a progress bar, 2: a line per epoch).
+        callbacks: more Keras callbacks.
+
+    Returns:
+        a :class:`TrainResult`.
+    """
+    from minicap.data.pipeline import CaptionBatches
+    from minicap.model import CaptionModel
+    from minicap.text import Tokenizer
+
+    config = profile(config) if isinstance(config, str) else config
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, config, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "train_config.json", dataclasses.asdict(config))
+
+    keras.utils.set_random_seed(config.seed)
+    policy = _set_precision(config)
+    train_split, val_split = load_data(config)
+    tokenizer = Tokenizer.fit([c for refs in train_split.captions for c in refs])
+    model = CaptionModel(model_config(config, len(tokenizer), tokenizer.pad_id))
+    compile_model(model, tokenizer.pad_id, config.warmup_steps, config.lr_scale, config.label_smoothing,
+                  jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile])
+    batches = CaptionBatches(train_split.images, train_split.captions, tokenizer, config.max_length,
+                             config.batch_size, shuffle=True, seed=config.seed)
+    val_batches = CaptionBatches(val_split.images, val_split.captions, tokenizer, config.max_length,
+                                 config.batch_size, shuffle=False)
+
+    history = History(run_dir / "history.json")
+    checkpointer = Checkpointer(run_dir / "checkpoints", config.checkpoint_every,
+                                extra=lambda: {"history": history.record})
+    all_callbacks = [history, checkpointer, *callbacks]
+    state = checkpointer.restore(model)
+    epoch, skip, resumed = 0, 0, 0
+    if state:
+        history.record = state["history"]
+        epoch, skip, resumed = state["epoch"], state["step_in_epoch"], state["step"]
+        print(f"resuming {run_dir} from step {resumed} (epoch {epoch + 1}, batch {skip})")
+    fit = dict(validation_data=val_batches, callbacks=all_callbacks, verbose=verbose)
+    if skip:  # finish the interrupted epoch on the batches it had not yet seen, in the same order
+        _set_epoch(batches, epoch)
+        checkpointer.batch_offset = skip
+        model.fit(_Remainder(batches, skip), epochs=epoch + 1, initial_epoch=epoch, **fit)
+        checkpointer.batch_offset = 0
+        epoch += 1
+    if epoch < config.epochs:
+        _set_epoch(batches, epoch)
+        model.fit(batches, epochs=config.epochs, initial_epoch=epoch, **fit)
+
+    tokenizer.save(run_dir / "tokenizer.json")
+    model.config.save(run_dir / "config.json")
+    history.save()
+    save_model_atomic(model, run_dir / "model.keras")
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    keras.mixed_precision.set_global_policy("float32") if policy != "float32" else None
+    return TrainResult(model, tokenizer, history.record, run_dir, resumed)
+
+
+def _set_epoch(batches, epoch):
+    """Put ``batches`` at the start of ``epoch``: its order depends only on the seed and the epoch."""
+    batches.epoch = epoch
+    batches._order = batches._epoch_order()
+
+
+class _Remainder(keras.utils.PyDataset):
+    """The batches of an epoch from ``start`` on (resuming an epoch that was cut short)."""
+
+    def __init__(self, batches, start):
+        super().__init__()
+        self.batches, self.start = batches, start
+
+    def __len__(self):
+        return len(self.batches) - self.start
+
+    def __getitem__(self, index):
+        return self.batches[self.start + index]
+
+
+def load_run(run_dir):
+    """The trained model and tokenizer of a finished run: ``(model, tokenizer)``."""
+    import minicap.model  # noqa: F401 (registers the classes a saved model names)
+    import minicap.training  # noqa: F401
+    from minicap.text import Tokenizer
+
+    run_dir = Path(run_dir)
+    path = run_dir / "model.keras"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: train first (minicap train -o {run_dir})")
+    model = keras.models.load_model(path, safe_mode=True)
+    return model, Tokenizer.load(run_dir / "tokenizer.json")
