@@ -192,12 +192,12 @@ class VisionEncoder(keras.layers.Layer):
 
     def build(self, input_shape):
         self._check_images(input_shape)
-        patch_shape = self.patches.compute_output_shape(input_shape)
-        self.patch_encoder.build(patch_shape)
         sequence_shape = (input_shape[0], self.num_patches, self.model_dim)
-        for layer in self.encoder_layers:
-            layer.build(sequence_shape)
-        self.final_norm.build(sequence_shape)
+        sublayers = [(self.patch_encoder, self.patches.compute_output_shape(input_shape))]
+        sublayers += [(layer, sequence_shape) for layer in self.encoder_layers + [self.final_norm]]
+        for sublayer, shape in sublayers:
+            if not sublayer.built:  # a part may have been called on its own already
+                sublayer.build(shape)
 
     def _check_images(self, shape):
         if len(shape) != 4 or tuple(shape[1:3]) != (self.image_size, self.image_size):

@@ -37,10 +37,13 @@ class CaptionConfig:
     freeze_backbone: bool = True  # keep a pretrained ViT's weights fixed (its projection still trains)
     pad_id: int = 0  # the padding token id, hidden from self-attention and from the loss
     # pretrained ViT weights loaded when a model is created (not when loaded from a file): a name in
-    # VIT_WEIGHTS (downloaded once by vit-keras), a local .npz path, or None for random weights
+    # VIT_WEIGHTS (downloaded once by vit-keras), a local .npz path, or None for random weights;
+    # always None for the scratch encoder
     backbone_weights: str | None = "imagenet21k+imagenet2012"
 
     def __post_init__(self):
+        if self.backbone == "scratch":
+            self.backbone_weights = None  # nothing to load: the scratch encoder starts from random weights
         for name in ("vocab_size", "max_length", "image_size", "patch_size", "model_dim", "num_heads",
                      "decoder_layers", "mlp_dim"):
             value = getattr(self, name)

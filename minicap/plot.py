@@ -174,3 +174,43 @@ def show_word_attention(image, weights, words, grid, columns=6, title=None, size
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ---- chapters 4 and 6: the captioning model ------------------------------------------------
+
+def show_word_attention(image, weights, words, grid, columns=6, title=None, size=1.9, alpha=0.6):
+    """Where each word of a caption looks: one panel per word, its cross-attention over the patches.
+
+    Args:
+        image: ``(height, width, 3)``, uint8 or floats in [0, 1].
+        weights: ``(words, patches)`` cross-attention weights (e.g. one layer, averaged over heads).
+        words: one label per row of ``weights``.
+        grid: ``(rows, cols)`` of the patch grid, ``rows · cols = patches``.
+
+    Each panel shows the image with the word's weights, upsampled to pixels, laid over it; all
+    panels share one colour scale (0 to the largest weight) so that words can be compared.
+    Returns the figure.
+    """
+    image, weights = to_numpy(image), to_numpy(weights)
+    rows, cols = grid
+    if weights.ndim != 2 or weights.shape[1] != rows * cols or weights.shape[0] != len(words):
+        raise ValueError(f"weights of shape {weights.shape} do not match {len(words)} words over a "
+                         f"{rows}x{cols} grid: expected ({len(words)}, {rows * cols})")
+    height, width = image.shape[:2]
+    count = len(words)
+    columns = min(columns, count)
+    panel_rows = int(np.ceil(count / columns))
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(size * columns + 1, size * panel_rows + 0.6),
+                             squeeze=False, layout="constrained")
+    vmax = float(weights.max()) or 1.0
+    for index, ax in enumerate(axes.flat):
+        if index >= count:
+            ax.axis("off")
+            continue
+        show_image(image, ax, title=str(words[index]))
+        overlay = ax.imshow(weights[index].reshape(rows, cols), cmap="inferno", alpha=alpha, vmin=0.0, vmax=vmax,
+                            extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
+    fig.colorbar(overlay, ax=axes, fraction=0.02, pad=0.01, label="attention weight")
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -34,6 +34,7 @@ def test_config_json_round_trip(tmp_path):
     assert CaptionConfig.load(tmp_path / "config.json") == config
     assert config.num_patches == 16 and config.encoder_patch_size == 8
     assert _config(backbone="vit-b32").encoder_patch_size == 32
+    assert _config(backbone_weights="imagenet21k").backbone_weights is None  # nothing to load for scratch
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -43,7 +44,7 @@ def test_config_json_round_trip(tmp_path):
     (dict(vocab_size=0), "vocab_size must be a positive integer, got 0"),
     (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
     (dict(pad_id=11), "pad_id 11 is not a token id below vocab_size 11"),
-    (dict(backbone_weights="imagenet"), "backbone_weights must be one of"),
+    (dict(backbone="vit-b16", backbone_weights="imagenet"), "backbone_weights must be one of"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -133,3 +134,16 @@ def test_pretrained_backbone_without_vit_keras_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vit_keras", None)
     with pytest.raises(ImportError, match="pip install --no-deps --ignore-requires-python vit-keras==0.2.0"):
         CaptionModel(_config(backbone="vit-b32", backbone_weights=None))
+
+
+@pytest.mark.slow
+def test_pretrained_weights_load_on_creation_but_not_from_config(tmp_path):
+    # A new model loads `backbone_weights`; one rebuilt from its config (as load_model does) does not,
+    # so that loading a saved model never downloads: its weights come from the .keras file.
+    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
+    config = _config(backbone="vit-b32", backbone_weights=str(tmp_path / "ViT-B_32.npz"))
+    rebuilt = CaptionModel.from_config({"config": config.to_dict(), "name": "rebuilt", "trainable": True})
+    assert rebuilt.config == config and rebuilt.encoder.num_patches == 1  # 32x32 images, 32x32 patches
+    assert len(rebuilt.trainable_weights) == len(rebuilt.weights) - len(rebuilt.encoder.vit.weights)  # frozen
+    with pytest.raises(FileNotFoundError, match="ViT-B_32.npz"):
+        CaptionModel(config)
