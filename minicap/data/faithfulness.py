@@ -128,7 +128,7 @@ def check_caption(caption, scene):
         if relation is None or a is None or b is None:
             continue
         if a == b:
-            errors.append(f"'{describe(scene.objects[a])} {relation}' itself")
+            errors.append(f"{describe(scene.objects[a])} cannot be {relation} itself")
         elif relation not in true_relations(scene.objects[a], scene.objects[b], scene.image_size):
             errors.append(
                 f"{describe(scene.objects[a])} is not {relation} {describe(scene.objects[b])}"

@@ -113,7 +113,7 @@ def make_shapes(num_images, split="train", seed=0, image_size=64, max_objects=3,
     coords = np.arange(image_size, dtype=np.float32) + 0.5  # pixel centres
     xs, ys = coords[None, :], coords[:, None]
     images = np.empty((num_images, image_size, image_size, 3), dtype=np.uint8)
-    canvas = np.empty((chunk, image_size, image_size, 3), dtype=np.float32)
+    canvas = np.zeros((chunk, image_size, image_size, 3), dtype=np.float32)
     captions, scenes = [], []
     for index in range(num_images):
         count = int(rng.integers(1, max_objects + 1))
