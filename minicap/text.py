@@ -5,12 +5,10 @@ vocabulary readable: standardise the text (lower case, punctuation removed), spl
 and number the words seen in the training captions, most frequent first. Four special tokens come
 first and never change place:
 
-=========  ==  ==========================================================
-``[PAD]``  0   fills a sequence up to ``max_length``; masked out of the loss
-``[START]`` 1  the first input token: "begin the caption"
-``[END]``  2   the last token: "the caption is finished"; decoding stops here
-``[UNK]``  3   any word outside the vocabulary
-=========  ==  ==========================================================
+- ``[PAD]`` = 0 fills a sequence up to ``max_length``; it is masked out of the loss.
+- ``[START]`` = 1 is the first input token: "begin the caption".
+- ``[END]`` = 2 is the last token: "the caption is finished"; decoding stops there.
+- ``[UNK]`` = 3 stands for any word outside the vocabulary.
 
 Pure Python and numpy, so it runs the same on every Keras backend; saved as JSON (no pickle).
 """

@@ -103,3 +103,14 @@ def test_bad_split_and_malformed_token_file(tmp_path):
     token.write_text("a.jpg#0\tfine\nb.jpg no tab here\n")
     with pytest.raises(ValueError, match="line 2: expected 'IMAGE.jpg#N<TAB>caption'"):
         read_token_file(token)
+
+
+def test_archive_member_outside_cache_is_refused(tmp_path):
+    server = tmp_path / "server"
+    url = _build(server)
+    with zipfile.ZipFile(server / "Flickr8k_text.zip", "a") as zipped:
+        zipped.writestr("../../outside.txt", "escape")
+    with pytest.raises(ValueError, match="refusing to extract.*outside.txt"):
+        load_flickr8k("train", tmp_path / "cache", base_url=url, hashes=NO_HASHES)
+    assert not list(tmp_path.rglob("outside.txt"))
+    assert not os.path.exists(tmp_path / "cache" / "downloads" / "Flickr8k_text.zip")

@@ -1,4 +1,6 @@
 """Tests for the shapes scenes and the faithfulness check."""
+import json
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,12 @@ def test_shapes_and_types(train):
     assert image.shape == (64, 64, 3) and len(captions) >= 3
     assert scene.masks.shape == (len(scene.objects), 64, 64) and scene.masks.dtype == bool
     assert all(c == c.lower() for refs in train.captions for c in refs)
+
+
+def test_scene_to_dict_is_json(train):
+    data = json.loads(json.dumps(train.scenes[0].to_dict()))
+    assert data["image_size"] == 64
+    assert data["objects"][0]["shape"] == train.scenes[0].objects[0].shape
 
 
 def test_image_size_and_max_objects():

@@ -41,7 +41,8 @@ _RADIUS = {"small": 0.075, "large": 0.125}  # half-extent, as a fraction of the 
 
 @dataclasses.dataclass(frozen=True)
 class ShapeObject:
-    """One object of a scene: ``centre`` is ``(x, y)`` in pixels (x to the right, y down)."""
+    """One object of a scene: ``centre`` is ``(x, y)`` in pixels (x to the right, y down) and
+    ``radius`` its half-extent in pixels."""
 
     shape: str
     colour: str
