@@ -1,0 +1,161 @@
+"""Colab: the "Open in Colab" badge and the setup cell that every chapter notebook starts with.
+
+The repository is named here and only here; ``_config.yml``'s ``repository.url`` must agree (a test
+checks it). The setup cell runs before minicap is installed, so its source uses the standard
+library only. On Colab it installs minicap from the repository *without its dependencies*, so that
+pip never replaces the TensorFlow and Keras that Colab ships, then the few small dependencies, then
+vit-keras 0.2.0 (the pretrained ViT backbone): that release declares ``Python <3.12`` while Colab
+runs a newer Python, so there it is installed with ``--ignore-requires-python`` (its code runs on
+3.12+; its dependencies scipy and opencv are on Colab already, validators is installed here).
+Anywhere else the cell installs nothing.
+
+Keep the notebooks in line with this module::
+
+    python -m minicap.colab sync [BOOK_DIR]           # rewrite badges and setup cells
+    python -m minicap.colab sync --check [BOOK_DIR]   # only report, exit 1 if any notebook differs
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPOSITORY = "minicap-book/minicap"  # GitHub owner/name: the one place the repository is named
+BRANCH = "main"
+BOOK_DIR = "book"  # where the notebooks live, relative to the repository root
+COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+# minicap's dependencies (pyproject.toml) without tensorflow and keras, which Colab has already.
+# pip leaves packages that are already installed alone; a test keeps this list in line with pyproject.
+SMALL_DEPENDENCIES = ["numpy", "matplotlib", "pillow", "tqdm"]
+VIT_KERAS = "vit-keras==0.2.0"
+VIT_KERAS_DEPENDENCIES = ["validators"]  # its others, scipy and opencv (cv2), come with Colab
+
+SETUP_CELL = f'''\
+# Setup: on Colab, install minicap and the pretrained-ViT package without touching Colab's
+# TensorFlow and Keras (source: minicap/colab.py). Elsewhere minicap is installed already: no-op.
+import os, subprocess, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+def colab_pip_commands(python_version, on_colab):
+    """The pip commands (argument lists) this cell runs on the given Python: none off Colab."""
+    if not on_colab:
+        return []
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    # vit-keras 0.2.0 declares Python <3.12 but its code runs on newer ones.
+    newer_python = ["--ignore-requires-python"] if tuple(python_version) >= (3, 12) else []
+    return [
+        pip + ["--no-deps", "minicap @ git+https://github.com/{REPOSITORY}@{BRANCH}"],
+        pip + {json.dumps(SMALL_DEPENDENCIES + VIT_KERAS_DEPENDENCIES)},
+        pip + ["--no-deps", *newer_python, "{VIT_KERAS}"],
+    ]
+
+for command in colab_pip_commands(sys.version_info[:2], "google.colab" in sys.modules):
+    subprocess.run(command, check=True)
+'''
+
+
+def repository_url():
+    """The repository's web address, e.g. ``https://github.com/minicap-book/minicap``."""
+    return f"https://github.com/{REPOSITORY}"
+
+
+def colab_url(notebook_name):
+    """The address that opens ``book/<notebook_name>`` of the repository on Colab."""
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/{BOOK_DIR}/{_notebook_file(notebook_name)}"
+
+
+def badge(notebook_name):
+    """The markdown "Open in Colab" badge for ``book/<notebook_name>`` (name with or without ``.ipynb``)."""
+    return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(notebook_name)})"
+
+
+def _notebook_file(notebook_name):
+    name = str(notebook_name)
+    if not name or "/" in name or "\\" in name:
+        raise ValueError(f"notebook_name must be a file name in {BOOK_DIR}/ such as '01_patches.ipynb', got {name!r}")
+    if not name.endswith(".ipynb"):
+        if "." in name:
+            raise ValueError(f"notebook_name must name a .ipynb notebook, got {name!r}")
+        name += ".ipynb"
+    return name
+
+
+def _source_text(cell):
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _source_lines(text):
+    """Notebook JSON keeps a cell's source as a list of lines, each but the last ending in a newline."""
+    return text.splitlines(keepends=True)
+
+
+def canonical_notebook(notebook, notebook_name):
+    """Return a copy of a notebook (as JSON data) with the canonical badge line and setup cell.
+
+    The badge replaces the first cell's line that shows a Colab badge, or is put after that cell's
+    title line when it has none; the second cell's source becomes `SETUP_CELL` with no outputs.
+    """
+    cells = notebook.get("cells", [])
+    if len(cells) < 2 or cells[0].get("cell_type") != "markdown" or cells[1].get("cell_type") != "code":
+        raise ValueError(f"{notebook_name}: a chapter notebook starts with a markdown cell (title and badge) "
+                         f"and the code setup cell; got cells of types "
+                         f"{[cell.get('cell_type') for cell in cells[:2]]}")
+    notebook = json.loads(json.dumps(notebook))
+    title_cell, setup_cell = notebook["cells"][0], notebook["cells"][1]
+    lines = _source_text(title_cell).split("\n")
+    badge_line = badge(notebook_name)
+    badge_rows = [index for index, line in enumerate(lines) if COLAB_BADGE_IMAGE in line]
+    if badge_rows:
+        lines[badge_rows[0]] = badge_line
+    else:  # after the title, set apart by blank lines
+        lines[1:1] = ["", badge_line]
+    title_cell["source"] = _source_lines("\n".join(lines))
+    setup_cell["source"] = _source_lines(SETUP_CELL.rstrip("\n"))
+    setup_cell["outputs"] = []
+    setup_cell["execution_count"] = None
+    return notebook
+
+
+def sync_notebooks(book_dir=BOOK_DIR, check=False):
+    """Give every ``*.ipynb`` in `book_dir` the canonical Colab badge and setup cell (cell index 1).
+
+    Args:
+        book_dir: the directory of the chapter notebooks.
+        check: when true, only report which notebooks differ and write nothing.
+
+    Returns the paths of the notebooks that were rewritten (or, with `check`, that would be).
+    """
+    book_dir = Path(book_dir)
+    if not book_dir.is_dir():
+        raise FileNotFoundError(f"book_dir {str(book_dir)!r} is not a directory of notebooks")
+    changed = []
+    for path in sorted(book_dir.glob("*.ipynb")):
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        updated = canonical_notebook(notebook, path.name)
+        if updated != notebook:
+            changed.append(path)
+            if not check:  # written the way nbformat writes notebooks, so diffs stay small
+                text = json.dumps(updated, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+                path.write_text(text, encoding="utf-8")
+    return changed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minicap.colab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    sync = commands.add_parser("sync", help="rewrite every notebook's Colab badge and setup cell")
+    sync.add_argument("book_dir", nargs="?", default=BOOK_DIR, help=f"notebook directory (default {BOOK_DIR})")
+    sync.add_argument("--check", action="store_true", help="write nothing; exit 1 if a notebook differs")
+    args = parser.parse_args(argv)
+    changed = sync_notebooks(args.book_dir, check=args.check)
+    for path in changed:
+        print(f"{'differs' if args.check else 'updated'}: {path}")
+    if args.check and changed:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
