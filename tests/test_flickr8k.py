@@ -114,3 +114,29 @@ def test_archive_member_outside_cache_is_refused(tmp_path):
         load_flickr8k("train", tmp_path / "cache", base_url=url, hashes=NO_HASHES)
     assert not list(tmp_path.rglob("outside.txt"))
     assert not os.path.exists(tmp_path / "cache" / "downloads" / "Flickr8k_text.zip")
+
+
+def test_real_datasets_load_gives_lazy_images(tmp_path, monkeypatch):
+    import functools
+    import types
+
+    from minicap.data import real_datasets
+    from minicap.data.images import ImageFiles
+    from minicap.data.pipeline import CaptionBatches
+    from minicap.text import Tokenizer
+
+    url = _build(tmp_path / "server")
+    monkeypatch.setattr(real_datasets, "load_flickr8k", functools.partial(load_flickr8k, base_url=url, hashes=NO_HASHES))
+    config = types.SimpleNamespace(dataset="flickr8k", data_dir=str(tmp_path / "data"), image_size=16)
+    train, val = real_datasets.load(config)
+    assert (len(train), len(val), val.split) == (3, 1, "dev")
+    assert os.path.isdir(tmp_path / "data" / "flickr8k")
+    assert isinstance(train.images, ImageFiles) and train.images.shape == (3, 16, 16, 3)
+    assert train.images[[2, 0]].shape == (2, 16, 16, 3) and train.images[1].shape == (16, 16, 3)
+    tok = Tokenizer.fit([c for refs in train.captions for c in refs])
+    (x, tokens), _ = CaptionBatches(train.images, train.captions, tok, 8, batch_size=4)[0]
+    assert x.shape == (4, 16, 16, 3) and x.dtype == np.float32
+    with pytest.raises(ValueError, match="unknown dataset 'flickr30k'"):
+        real_datasets.load(types.SimpleNamespace(dataset="flickr30k", data_dir="", image_size=16))
+    with pytest.raises(ValueError, match="no image_size"):
+        load_flickr8k("dev", tmp_path / "data" / "flickr8k", base_url=url, hashes=NO_HASHES).images

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minicap.data.images import load_image, load_images
+from minicap.data.images import ImageFiles, load_image, load_images
 
 
 def _save(tmp_path, name, image, **kwargs):
@@ -97,3 +97,14 @@ def test_bad_files_name_the_file(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cannot read image file.*cut.jpg"):
         load_image(tmp_path / "cut.jpg")
+
+
+def test_image_files_read_on_indexing(tmp_path):
+    paths = [_save(tmp_path, f"{i}.png", Image.new("RGB", (9, 7), (i, 2 * i, 0))) for i in range(4)]
+    files = ImageFiles(paths, (5, 6))
+    assert len(files) == 4 and files.shape == (4, 5, 6, 3)
+    assert files[1].shape == (5, 6, 3) and files[1][0, 0, 1] == 2
+    np.testing.assert_array_equal(files[1:3][:, 0, 0, 0], [1, 2])
+    np.testing.assert_array_equal(files[np.array([3, 0])][:, 0, 0, 0], [3, 0])
+    with pytest.raises(ValueError, match="needs an image_size"):
+        ImageFiles(paths, None)

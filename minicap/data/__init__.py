@@ -6,7 +6,7 @@ re-exported here for convenience.
 from minicap.data.coco import load_coco
 from minicap.data.faithfulness import CaptionCheck, check_caption, faithfulness_rate
 from minicap.data.flickr8k import load_flickr8k
-from minicap.data.images import load_image, load_images
+from minicap.data.images import ImageFiles, load_image, load_images
 from minicap.data.pipeline import CaptionBatches, cache_features
 from minicap.data.records import CaptionSet
 from minicap.data.shapes import COLOURS, HELDOUT_PAIRS, SHAPES, Scene, ShapesData, make_shapes

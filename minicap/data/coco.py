@@ -74,7 +74,8 @@ def read_karpathy(split_file, image_root, split, restval=True):
     return paths, captions
 
 
-def load_coco(split="train", cache_dir=None, karpathy=True, restval=True, with_images=True, urls=None, hashes=None):
+def load_coco(split="train", cache_dir=None, karpathy=True, restval=True, with_images=True, urls=None, hashes=None,
+              image_size=None):
     """Load COCO captions, downloading and extracting what is needed.
 
     Args:
@@ -87,6 +88,7 @@ def load_coco(split="train", cache_dir=None, karpathy=True, restval=True, with_i
         with_images: download/extract the photos the split needs and check they exist.
         urls, hashes: override ``{"annotations", "karpathy", "train2014", "val2014"}`` URLs and
             digests (e.g. a local mirror or ``file://`` archives).
+        image_size: the size the returned set's ``images`` resize to (int or ``(height, width)``).
 
     Returns:
         a :class:`~minicap.data.records.CaptionSet`.
@@ -127,4 +129,4 @@ def load_coco(split="train", cache_dir=None, karpathy=True, restval=True, with_i
         absent = [p for p in paths if not os.path.isfile(p)]
         if absent:
             raise FileNotFoundError(f"{len(absent)} image(s) of the {split} split are missing, e.g. {absent[0]!r}")
-    return CaptionSet(paths, captions, split, "coco")
+    return CaptionSet(paths, captions, split, "coco", image_size)

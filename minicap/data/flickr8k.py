@@ -46,7 +46,7 @@ def read_split_file(path):
         return [line.strip() for line in file if line.strip()]
 
 
-def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE_URL, hashes=None):
+def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE_URL, hashes=None, image_size=None):
     """Load one official Flickr8k split, downloading and extracting the archives if needed.
 
     Args:
@@ -59,6 +59,7 @@ def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE
         base_url: where the two archives are (any URL that ends with ``/``, ``file://`` too).
         hashes: ``{"text": ..., "images": ...}`` digests overriding ``ARCHIVES``' (``None``
             values skip the check and record the first download's SHA-256 instead).
+        image_size: the size the returned set's ``images`` resize to (int or ``(height, width)``).
 
     Returns:
         a :class:`~minicap.data.records.CaptionSet` of image paths and their 5 captions.
@@ -90,4 +91,4 @@ def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE
         absent = [p for p in paths if not os.path.isfile(p)]
         if absent:
             raise FileNotFoundError(f"{len(absent)} image(s) of the {split} split are missing, e.g. {absent[0]!r}")
-    return CaptionSet(paths, [captions[n] for n in names], split, "flickr8k")
+    return CaptionSet(paths, [captions[n] for n in names], split, "flickr8k", image_size)

@@ -102,3 +102,36 @@ def load_images(paths, image_size):
     for index, path in enumerate(paths):
         images[index] = load_image(path, size)
     return images
+
+
+class ImageFiles:
+    """Image files that read like a uint8 image array: loaded from disk only when indexed.
+
+    ``files[i]`` is one ``(height, width, 3)`` image; ``files[[i, j]]`` or ``files[a:b]`` is a
+    ``(n, height, width, 3)`` batch. :class:`~minicap.data.pipeline.CaptionBatches` reads each
+    batch this way, so a data set larger than memory trains without loading it whole.
+
+    Args:
+        paths: the image files.
+        image_size: an int or ``(height, width)`` every image is resized to.
+    """
+
+    def __init__(self, paths, image_size):
+        self.image_size = _size_pair(image_size)
+        if self.image_size is None:
+            raise ValueError("ImageFiles needs an image_size (an int or (height, width)) to stack images")
+        self.paths = [os.fspath(p) for p in paths]
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def shape(self):
+        return (len(self.paths), *self.image_size, 3)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return load_image(self.paths[index], self.image_size)
+        if isinstance(index, slice):
+            return load_images(self.paths[index], self.image_size)
+        return load_images([self.paths[i] for i in np.asarray(index).tolist()], self.image_size)

@@ -14,7 +14,7 @@ import os
 import keras
 import numpy as np
 
-from minicap.data.images import _size_pair, load_image
+from minicap.data.images import ImageFiles, _size_pair, load_image
 
 REFERENCES = ("all", "random")
 
@@ -24,8 +24,9 @@ class CaptionBatches(keras.utils.PyDataset):
 
     Args:
         images: a uint8 array ``(num_images, height, width, 3)`` (scaled to float32 in [0, 1]),
-            a float array already in [0, 1], or a list of image file paths (then ``image_size``
-            is required and each batch is read from disk).
+            a float array already in [0, 1], a list of image file paths (then ``image_size``
+            is required) or an :class:`~minicap.data.images.ImageFiles`; files are read from
+            disk one batch at a time.
         captions: one list of reference captions (str) per image.
         tokenizer: a :class:`minicap.text.Tokenizer`.
         max_length: length of ``input_tokens`` and ``target_tokens``.
@@ -52,6 +53,8 @@ class CaptionBatches(keras.utils.PyDataset):
                  references="all", image_size=None, features=None, **kwargs):
         super().__init__(**kwargs)
         self.paths = None
+        if isinstance(images, ImageFiles):
+            images, image_size = images.paths, image_size or images.image_size
         if isinstance(images, (list, tuple)) and (not images or isinstance(images[0], (str, os.PathLike))):
             if image_size is None and features is None:
                 raise ValueError("images are file paths: pass image_size (an int or (height, width)) to resize them to")

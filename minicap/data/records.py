@@ -1,7 +1,7 @@
 """A captioning data set on disk: image paths and their reference captions (chapter 5)."""
 import dataclasses
 
-from minicap.data.images import load_images
+from minicap.data.images import ImageFiles, load_images
 
 
 @dataclasses.dataclass
@@ -13,12 +13,21 @@ class CaptionSet:
         captions: one list of reference captions per image (5 for Flickr8k and COCO).
         split: which split (``"train"``, ``"dev"``/``"val"``, ``"test"``, ...).
         name: the data set's name.
+        image_size: the size :attr:`images` resizes to (an int or ``(height, width)``), or None.
     """
 
     paths: list
     captions: list
     split: str
     name: str
+    image_size: object = None
+
+    @property
+    def images(self):
+        """The images as an :class:`~minicap.data.images.ImageFiles` (read from disk when indexed)."""
+        if self.image_size is None:
+            raise ValueError(f"this {self.name} {self.split} CaptionSet has no image_size; load it with image_size=...")
+        return ImageFiles(self.paths, self.image_size)
 
     def __len__(self):
         return len(self.paths)
