@@ -6,6 +6,7 @@ import pytest
 
 from minicap.data.shapes import (
     COLOURS, HELDOUT_PAIRS, SHAPES, Scene, ShapeObject, check_caption, faithfulness_rate, make_shapes,
+    max_caption_words,
 )
 from minicap.data.faithfulness import parse_caption
 
@@ -33,6 +34,13 @@ def test_shapes_and_types(train):
     assert image.shape == (64, 64, 3) and len(captions) >= 3
     assert scene.masks.shape == (len(scene.objects), 64, 64) and scene.masks.dtype == bool
     assert all(c == c.lower() for refs in train.captions for c in refs)
+
+
+@pytest.mark.parametrize("max_objects", [1, 2, 3])
+def test_max_caption_words(max_objects):
+    data = make_shapes(300, max_objects=max_objects, seed=2)
+    longest = max(len(c.split()) for refs in data.captions for c in refs)
+    assert longest == max_caption_words(max_objects)
 
 
 def test_scene_to_dict_is_json(train):

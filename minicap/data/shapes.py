@@ -176,6 +176,15 @@ def _shape_mask(shape, cx, cy, radius, xs, ys):
     raise ValueError(f"unknown shape {shape!r}; valid shapes are {SHAPES}")
 
 
+def max_caption_words(max_objects=3):
+    """The most words a reference caption of a scene with up to ``max_objects`` objects has:
+    9 ("there is a small red circle in the picture"), 12 or 21. A decoder needs
+    ``max_length >= max_caption_words(...) + 1`` positions ([START] + words) to see them whole."""
+    if max_objects not in (1, 2, 3):
+        raise ValueError(f"max_objects must be 1, 2 or 3, got {max_objects!r}")
+    return {1: 9, 2: 12, 3: 21}[max_objects]
+
+
 def describe(obj):
     """``"a small red circle"`` for an object."""
     return f"a {obj.size} {obj.colour} {obj.shape}"
