@@ -25,7 +25,7 @@ VIT_INSTALL_HINT = (
     "The pretrained ViT backbone needs the optional package vit-keras 0.2.0. Install it with\n"
     "    pip install 'minicap[vit]'\n"
     "or, on Python 3.12+ (where vit-keras declares it does not install):\n"
-    "    pip install --no-deps --ignore-requires-python vit-keras==0.2.0 opencv-python-headless validators"
+    "    pip install --no-deps --ignore-requires-python vit-keras==0.2.0 opencv-python-headless validators scipy"
 )
 
 # The pretrained backbones: vit-keras's ViT-B/16 and ViT-B/32 (ViT-Base: 12 layers, width 768).
