@@ -75,6 +75,19 @@ def test_shuffle_is_seeded(setup):
     assert not np.array_equal(first, other)
 
 
+def test_set_epoch_reproduces_an_epoch(setup):
+    images, tok = setup
+    batches = CaptionBatches(images, CAPTIONS, tok, 6, batch_size=7, seed=3)
+    batches.on_epoch_end()
+    batches.on_epoch_end()
+    third = batches[0][1]
+    fresh = CaptionBatches(images, CAPTIONS, tok, 6, batch_size=7, seed=3)
+    fresh.set_epoch(2)
+    np.testing.assert_array_equal(fresh[0][1], third)
+    fresh.set_epoch(0)
+    assert not np.array_equal(fresh[0][1], third)
+
+
 def test_file_paths(setup, tmp_path):
     images, tok = setup
     paths = []

@@ -111,9 +111,14 @@ class CaptionBatches(keras.utils.PyDataset):
             rows = self.first_reference + rng.integers(0, self.num_references)
         return rng.permutation(rows) if self.shuffle else rows
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def set_epoch(self, epoch):
+        """Put the batches in ``epoch``'s order (the order depends only on the seed and the epoch,
+        so a resumed run sees the batches an uninterrupted one would)."""
+        self.epoch = int(epoch)
         self._order = self._epoch_order()
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
 
     def __getitem__(self, index):
         if not 0 <= index < len(self):
