@@ -20,6 +20,7 @@ import re
 from collections import Counter
 
 import numpy as np
+from keras import ops
 
 # The official BLEU scorer adds these to every numerator and denominator: an n-gram order that
 # matches nothing then contributes (0 + 1e-15) / (guesses + 1e-9) instead of log(0).
@@ -288,3 +289,88 @@ def grounding_score(attention, mentions, masks, image_size, patch_size, min_over
     if not count:
         return {"grounding": float("nan"), "chance": float("nan"), "mentions": 0}
     return {"grounding": grounded / count, "chance": chance / count, "mentions": count}
+
+
+def cross_attention(model, images, tokens, layer="mean"):
+    """Cross-attention of a full pass, averaged over heads: ``(batch, positions, patches)`` numpy.
+
+    Args:
+        model: a ``CaptionModel``.
+        images: float images ``(batch, H, W, 3)`` in [0, 1].
+        tokens: decoder input tokens ``(batch, T)``; row ``t`` of the result is where the model
+            looks while writing the word that follows ``tokens[:, t]``.
+        layer: a decoder layer index (negative counts from the last), or ``"mean"`` over layers.
+    """
+    layers = model.attention_scores(images, tokens)["cross"]  # per layer (B, heads, T, N)
+    layers = [np.asarray(ops.convert_to_numpy(weights), dtype="float32").mean(axis=1) for weights in layers]
+    if layer == "mean":
+        return np.mean(layers, axis=0)
+    if not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer must be 'mean' or an index of the {len(layers)} decoder layers, got {layer!r}")
+    return layers[layer]
+
+
+def evaluate_shapes(model, tokenizer, data, method="greedy", batch_size=100, layer="mean", **options):
+    """Caption a shapes split and score it: BLEU-1..4, CIDEr-D, faithfulness and grounding.
+
+    Args:
+        model: a ``CaptionModel``; tokenizer: its ``Tokenizer``.
+        data: a ``ShapesData`` split (images, reference captions and scenes).
+        method: ``"greedy"``, ``"beam"`` or ``"sample"`` (``options`` go to the decoder).
+        batch_size: images captioned at once.
+        layer: which decoder layer's cross-attention grounding uses (``"mean"``: all).
+
+    Returns:
+        ``(metrics, captions)``: a dict of floats, and the generated captions (str).
+    """
+    from minicap.data.faithfulness import check_caption
+    from minicap.generate import Generator
+
+    if len(data) == 0:
+        raise ValueError("the split is empty: there is nothing to evaluate")
+    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    decode = {"greedy": generator.greedy, "beam": generator.beam_search, "sample": generator.sample}[method]
+    captions, attention, mentions, masks, faithful = [], [], [], [], 0
+    for start in range(0, len(data), batch_size):
+        images = data.images[start:start + batch_size].astype("float32") / 255.0
+        tokens = decode(images, **options)
+        weights = cross_attention(model, images, tokens[:, :-1], layer)  # (B, L, N)
+        for row, text in enumerate(tokenizer.decode_batch(tokens)):
+            scene = data.scenes[start + row]
+            check = check_caption(text, scene)
+            captions.append(text)
+            faithful += check.faithful
+            attention.append(weights[row, :max(len(text.split()), 1)])
+            mentions.append(check.mentions)
+            masks.append(scene.masks)
+    metrics = corpus_bleu(captions, data.captions)
+    metrics["cider_d"] = cider_d(captions, data.captions)
+    metrics["faithfulness"] = faithful / len(data)
+    patch_size = model.config.encoder_patch_size
+    metrics.update(grounding_score(attention, mentions, masks, model.config.image_size, patch_size))
+    return {key: float(value) for key, value in metrics.items()}, captions
+
+
+def reference_grounding(model, tokenizer, data, batch_size=100, layer="mean"):
+    """Grounding while the model *reads* each image's first reference caption (teacher forcing).
+
+    Unlike the grounding of generated captions, this scores every model on the same words, so an
+    untrained model, whose own captions name no object, gets a score too.
+    """
+    from minicap.data.faithfulness import check_caption
+
+    attention, mentions, masks = [], [], []
+    length = model.config.max_length
+    for start in range(0, len(data), batch_size):
+        images = data.images[start:start + batch_size].astype("float32") / 255.0
+        texts = [references[0] for references in data.captions[start:start + batch_size]]
+        tokens = tokenizer.encode(texts, length)
+        weights = cross_attention(model, images, tokens, layer)  # (B, T, N)
+        for row, text in enumerate(texts):
+            scene = data.scenes[start + row]
+            words = text.split()[: length - 1]
+            attention.append(weights[row, :len(words)])
+            mentions.append([(w, o) for w, o in check_caption(text, scene).mentions if w < len(words)])
+            masks.append(scene.masks)
+    score = grounding_score(attention, mentions, masks, model.config.image_size, model.config.encoder_patch_size)
+    return {key: float(value) for key, value in score.items()}
