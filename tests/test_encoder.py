@@ -159,3 +159,19 @@ def test_backbone_weight_errors(tmp_path):
         backbone.load_weights_from("imagenet")
     with pytest.raises(ValueError, match="variant=None"):
         backbone.load_weights_from("imagenet21k")
+
+
+def test_backbone_resizes_position_embeddings_to_its_image_size(tmp_path):
+    # Pretrained files hold position embeddings for their own grid (ViT-B/16: 24x24 at 384 pixels);
+    # loading into another image size interpolates the grid and keeps the class token's embedding.
+    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
+    source = ViTBackbone(image_size=32, model_dim=8, **SMALL_VIT)  # a 4x4 grid
+    path = tmp_path / "ViT-small.npz"
+    arrays = _write_official_weights(path, source.vit, heads=2)
+    backbone = ViTBackbone(image_size=16, model_dim=8, **SMALL_VIT)  # a 2x2 grid
+    with pytest.warns(UserWarning, match="Resizing position embeddings from 4, 4 to 2, 2"):
+        backbone.load_weights_from(str(path))
+    table = ops.convert_to_numpy(backbone.vit.get_layer("Transformer_posembed_input").weights[0])
+    assert table.shape == (1, 1 + 4, 16)
+    np.testing.assert_array_equal(table[0, 0], arrays["Transformer/posembed_input/pos_embedding"][0, 0])
+    assert tuple(backbone(np.zeros((1, 16, 16, 3), "float32")).shape) == (1, 4, 8)
