@@ -40,6 +40,7 @@ class TrainConfig:
     warmup_steps: int = 300          # learning-rate warm-up (TransformerSchedule)
     lr_scale: float = 1.0            # multiplies the schedule's learning rate
     label_smoothing: float = 0.0     # ε of the masked cross-entropy
+    word_dropout: float = 0.0        # chance of replacing each decoder input word by [UNK] (training only)
     mixed_precision: bool = False    # bfloat16 on GPUs that have it, else float16
     jit_compile: str = "auto"        # XLA: "auto" (Keras decides), "on" or "off"
     checkpoint_every: int = 200      # steps between checkpoints (also one at each epoch's end)
@@ -186,7 +187,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     compile_model(model, tokenizer.pad_id, config.warmup_steps, config.lr_scale, config.label_smoothing,
                   jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile])
     batches = CaptionBatches(train_split.images, train_split.captions, tokenizer, config.max_length,
-                             config.batch_size, shuffle=True, seed=config.seed)
+                             config.batch_size, shuffle=True, seed=config.seed, word_dropout=config.word_dropout)
     val_batches = CaptionBatches(val_split.images, val_split.captions, tokenizer, config.max_length,
                                  config.batch_size, shuffle=False)
 
@@ -199,6 +200,8 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     if state:
         history.record = state["history"]
         epoch, skip, resumed = state["epoch"], state["step_in_epoch"], state["step"]
+        if skip >= len(batches):  # saved after an epoch's last step, before its end: the epoch is done
+            epoch, skip = epoch + 1, 0
         print(f"resuming {run_dir} from step {resumed} (epoch {epoch + 1}, batch {skip})")
     fit = dict(validation_data=val_batches, callbacks=all_callbacks, verbose=verbose)
     if skip:  # finish the interrupted epoch on the batches it had not yet seen, in the same order

@@ -158,3 +158,31 @@ def test_bad_arguments(setup, change, message):
     kwargs = {"images": images, "captions": CAPTIONS, "tokenizer": tok, "max_length": 5, **change}
     with pytest.raises(ValueError, match=message):
         CaptionBatches(**kwargs)
+
+
+def test_word_dropout_replaces_input_words_only(setup):
+    images, tok = setup
+    many = [["a red circle a blue square a green cross"]] * 3
+    tok = Tokenizer.fit([c for refs in many for c in refs])
+    plain = CaptionBatches(images, many, tok, max_length=12, batch_size=3, shuffle=False)
+    dropped = CaptionBatches(images, many, tok, max_length=12, batch_size=3, shuffle=False, word_dropout=0.5)
+    (_, clean), clean_targets = plain[0]
+    (_, inputs), targets = dropped[0]
+    np.testing.assert_array_equal(targets, clean_targets)  # the targets keep every word
+    changed = inputs != clean
+    assert np.all(inputs[changed] == tok.unk_id)
+    words = ~np.isin(clean, [tok.pad_id, tok.start_id, tok.end_id])
+    assert not np.any(changed & ~words)  # [START], [END] and [PAD] never drop
+    assert 0.25 < changed[words].mean() < 0.75  # 27 words, each dropped with probability 0.5
+    (_, again), _ = dropped[0]
+    np.testing.assert_array_equal(again, inputs)  # fixed by (seed, epoch, batch index)
+    dropped.on_epoch_end()
+    (_, next_epoch), _ = dropped[0]
+    assert np.any(next_epoch != inputs)
+
+
+def test_word_dropout_bad_value(setup):
+    images, tok = setup
+    for bad in (-0.1, 1.0, "0.2"):
+        with pytest.raises(ValueError, match="word_dropout must be a probability in"):
+            CaptionBatches(images, CAPTIONS, tok, max_length=5, word_dropout=bad)

@@ -42,6 +42,11 @@ class CaptionBatches(keras.utils.PyDataset):
         image_size: an int or ``(height, width)``; required when ``images`` are paths.
         features: optional precomputed encoder features ``(num_images, ...)`` (see
             :func:`cache_features`); when given, batches carry them in place of the images.
+        word_dropout: probability in [0, 1) of replacing each word of the *input* tokens by
+            ``[UNK]`` (training only; the targets keep every word). The decoder then cannot
+            always lean on the previous words and must read the image, which weakens its
+            language prior (e.g. "yellow is never followed by circle"). Which words drop is
+            fixed by ``(seed, epoch, batch index)``, so an epoch is reproducible.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` for ``PyDataset``.
 
     Batches:
@@ -50,7 +55,7 @@ class CaptionBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, images, captions, tokenizer, max_length, batch_size=64, shuffle=True, seed=0,
-                 references="all", image_size=None, features=None, **kwargs):
+                 references="all", image_size=None, features=None, word_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.paths = None
         if isinstance(images, ImageFiles):
@@ -82,7 +87,12 @@ class CaptionBatches(keras.utils.PyDataset):
                 raise ValueError(
                     f"captions[{index}] must be a non-empty list of str, got {refs!r}; wrap one caption as [caption]"
                 )
+        if not isinstance(word_dropout, (int, float, np.floating)) or not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be a probability in [0, 1), got {word_dropout!r}")
         self.features = features
+        self.word_dropout, self.unk_id = float(word_dropout), tokenizer.unk_id
+        # Special tokens ([PAD], [START], [END], [UNK]) are never dropped: only real words are.
+        self._special_ids = np.array([tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id, tokenizer.unk_id])
         self.batch_size, self.max_length = int(batch_size), int(max_length)
         self.shuffle, self.seed, self.references = shuffle, seed, references
         self.epoch = 0
@@ -126,7 +136,15 @@ class CaptionBatches(keras.utils.PyDataset):
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         image_rows = self.image_index[rows]
         tokens = self.tokens[rows]
-        return (self._pixels(image_rows), tokens[:, :-1]), tokens[:, 1:]
+        return (self._pixels(image_rows), self._drop_words(tokens[:, :-1], index)), tokens[:, 1:]
+
+    def _drop_words(self, inputs, index):
+        """``inputs`` with each word replaced by ``[UNK]`` with probability ``word_dropout``."""
+        if not self.word_dropout:
+            return inputs
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        drop = (rng.random(inputs.shape) < self.word_dropout) & ~np.isin(inputs, self._special_ids)
+        return np.where(drop, self.unk_id, inputs).astype(inputs.dtype)  # (B, max_length)
 
     def _pixels(self, image_rows):
         """The images (or features) of one batch, float32."""
