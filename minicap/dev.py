@@ -98,8 +98,23 @@ def book(executed=None):
 
 
 def browser():
-    """Open every page of the built book in headless Chromium and check it (see tests/browser)."""
+    """Open every page of the built book in headless Chromium and check it (see tests/browser).
+
+    Needs Debian's chromium (and npm, which fetches MathJax for the offline pages): as root with
+    apt-get, e.g. on a fresh CI machine, they are installed when missing. Screenshots of every page
+    are left in _build/screenshots.
+    """
     python = setup()
+    missing = [package for package, program in (("chromium", "/usr/bin/chromium"), ("npm", "npm"))
+               if not shutil.which(program)]
+    if "MINICAP_CHROMIUM" in os.environ and "chromium" in missing:
+        missing.remove("chromium")
+    if missing:
+        if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
+            sys.exit(f"missing {', '.join(missing)}: install Debian's packages (apt-get install {' '.join(missing)})")
+        apt = {"DEBIAN_FRONTEND": "noninteractive"}
+        run("apt-get", "update", "-q", env=apt)
+        run("apt-get", "install", "-y", "-q", *missing, env=apt)
     run(python, "-m", "pytest", "tests/browser", "-m", "browser", "-p", "no:cacheprovider")
 
 
