@@ -30,33 +30,33 @@ SMALL_DEPENDENCIES = ["numpy", "matplotlib", "pillow", "tqdm"]
 VIT_KERAS = "vit-keras==0.2.0"
 VIT_KERAS_DEPENDENCIES = ["validators"]  # its others, scipy and opencv (cv2), come with Colab
 
+def repository_url():
+    """The repository's web address, e.g. ``https://github.com/minicap-book/minicap``."""
+    return f"https://github.com/{REPOSITORY}"
+
+
 SETUP_CELL = f'''\
-# Setup: on Colab, install minicap and the pretrained-ViT package without touching Colab's
-# TensorFlow and Keras (source: minicap/colab.py). Elsewhere minicap is installed already: no-op.
+# Setup: on Colab, install minicap and vit-keras, leaving Colab's TensorFlow and Keras
+# alone (see minicap/colab.py). Elsewhere minicap is installed already: nothing to do.
 import os, subprocess, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def colab_pip_commands(python_version, on_colab):
-    """The pip commands (argument lists) this cell runs on the given Python: none off Colab."""
+    """The pip commands this cell runs on the given Python: none off Colab."""
     if not on_colab:
         return []
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     # vit-keras 0.2.0 declares Python <3.12 but its code runs on newer ones.
-    newer_python = ["--ignore-requires-python"] if tuple(python_version) >= (3, 12) else []
+    new_python = ["--ignore-requires-python"] if tuple(python_version) >= (3, 12) else []
     return [
-        pip + ["--no-deps", "minicap @ git+https://github.com/{REPOSITORY}@{BRANCH}"],
+        pip + ["--no-deps", "minicap @ git+{repository_url()}@{BRANCH}"],
         pip + {json.dumps(SMALL_DEPENDENCIES + VIT_KERAS_DEPENDENCIES)},
-        pip + ["--no-deps", *newer_python, "{VIT_KERAS}"],
+        pip + ["--no-deps", *new_python, "{VIT_KERAS}"],
     ]
 
 for command in colab_pip_commands(sys.version_info[:2], "google.colab" in sys.modules):
     subprocess.run(command, check=True)
 '''
-
-
-def repository_url():
-    """The repository's web address, e.g. ``https://github.com/minicap-book/minicap``."""
-    return f"https://github.com/{REPOSITORY}"
 
 
 def colab_url(notebook_name):

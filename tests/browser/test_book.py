@@ -23,9 +23,9 @@ CHAPTER = re.compile(r"(^|/)\d\d_[^/]+$")  # book/01_patches: a chapter notebook
 TIMEOUT_MS = 90_000  # two shared CPU cores: MathJax typesetting a long page can take a while
 # The Colab badge image comes from Colab's site; offline a stand-in of the same size answers.
 BADGE_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="117" height="20">'
-             b'<rect width="117" height="20" rx="3" fill="#555"/><rect x="40" width="77" height="20" rx="3" '
+             b'<rect width="117" height="20" rx="3" fill="#555"/><rect x="52" width="65" height="20" rx="3" '
              b'fill="#f9ab00"/><text x="5" y="14" fill="#fff" font-family="sans-serif" font-size="11">Open in'
-             b'</text><text x="45" y="14" fill="#fff" font-family="sans-serif" font-size="11">Colab</text></svg>')
+             b'</text><text x="66" y="14" fill="#fff" font-family="sans-serif" font-size="11">Colab</text></svg>')
 
 PAGE_FACTS = """() => {
   const article = document.querySelector('.bd-article') || document.body;
