@@ -36,25 +36,27 @@ def repository_url():
 
 
 SETUP_CELL = f'''\
-# Setup: on Colab, install minicap and vit-keras, leaving Colab's TensorFlow and Keras
-# alone (see minicap/colab.py). Elsewhere minicap is installed already: nothing to do.
+# Setup (see minicap/colab.py): on Colab, install minicap and vit-keras
+# without touching Colab's TensorFlow and Keras. Elsewhere: nothing to do.
 import os, subprocess, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def colab_pip_commands(python_version, on_colab):
-    """The pip commands this cell runs on the given Python: none off Colab."""
+    \"\"\"The pip commands this cell runs: none off Colab.\"\"\"
     if not on_colab:
         return []
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    # vit-keras 0.2.0 declares Python <3.12 but its code runs on newer ones.
-    new_python = ["--ignore-requires-python"] if tuple(python_version) >= (3, 12) else []
+    # vit-keras 0.2.0 declares Python <3.12; its code runs on newer ones.
+    new = ["--ignore-requires-python"] if python_version >= (3, 12) else []
+    minicap = "minicap @ git+{repository_url()}@{BRANCH}"
     return [
-        pip + ["--no-deps", "minicap @ git+{repository_url()}@{BRANCH}"],
+        pip + ["--no-deps", minicap],
         pip + {json.dumps(SMALL_DEPENDENCIES + VIT_KERAS_DEPENDENCIES)},
-        pip + ["--no-deps", *new_python, "{VIT_KERAS}"],
+        pip + ["--no-deps", *new, "{VIT_KERAS}"],
     ]
 
-for command in colab_pip_commands(sys.version_info[:2], "google.colab" in sys.modules):
+on_colab = "google.colab" in sys.modules
+for command in colab_pip_commands(sys.version_info[:2], on_colab):
     subprocess.run(command, check=True)
 '''
 
