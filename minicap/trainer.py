@@ -203,16 +203,15 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
         if skip >= len(batches):  # saved after an epoch's last step, before its end: the epoch is done
             epoch, skip = epoch + 1, 0
         print(f"resuming {run_dir} from step {resumed} (epoch {epoch + 1}, batch {skip})")
-    fit = dict(validation_data=val_batches, callbacks=all_callbacks, verbose=verbose)
-    if skip:  # finish the interrupted epoch on the batches it had not yet seen, in the same order
-        _set_epoch(batches, epoch)
+    # One fit per epoch over a fixed view of that epoch's batches: the order depends only on the seed
+    # and the epoch number, so a resumed run sees exactly the batches an uninterrupted one would.
+    # (fit's own shuffle is off: it would reorder the batches at random.)
+    fit = dict(validation_data=val_batches, callbacks=all_callbacks, verbose=verbose, shuffle=False)
+    for epoch in range(epoch, config.epochs):
         checkpointer.batch_offset = skip
-        model.fit(_Remainder(batches, skip), epochs=epoch + 1, initial_epoch=epoch, **fit)
-        checkpointer.batch_offset = 0
-        epoch += 1
-    if epoch < config.epochs:
-        _set_epoch(batches, epoch)
-        model.fit(batches, epochs=config.epochs, initial_epoch=epoch, **fit)
+        model.fit(_EpochView(batches, epoch, skip), epochs=epoch + 1, initial_epoch=epoch, **fit)
+        skip = 0
+    checkpointer.batch_offset = 0
 
     tokenizer.save(run_dir / "tokenizer.json")
     model.config.save(run_dir / "config.json")
@@ -223,17 +222,16 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     return TrainResult(model, tokenizer, history.record, run_dir, resumed)
 
 
-def _set_epoch(batches, epoch):
-    """Put ``batches`` at the start of ``epoch``: its order depends only on the seed and the epoch."""
-    batches.epoch = epoch
-    batches._order = batches._epoch_order()
+class _EpochView(keras.utils.PyDataset):
+    """The batches of one epoch, from batch ``start`` on, in that epoch's order.
 
+    ``fit`` calls a data set's ``on_epoch_end`` when it likes (even before the first batch); this
+    view ignores it, so the order is always the one of ``epoch``.
+    """
 
-class _Remainder(keras.utils.PyDataset):
-    """The batches of an epoch from ``start`` on (resuming an epoch that was cut short)."""
-
-    def __init__(self, batches, start):
+    def __init__(self, batches, epoch, start=0):
         super().__init__()
+        batches.set_epoch(epoch)
         self.batches, self.start = batches, start
 
     def __len__(self):

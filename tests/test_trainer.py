@@ -1,0 +1,141 @@
+"""``minicap.trainer.train`` and ``minicap train``: results, refusals, determinism and resuming."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from minicap import trainer
+
+TINY = dict(num_train=48, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
+            num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=2,
+            warmup_steps=5, checkpoint_every=2, jit_compile="off")
+
+
+def tiny(**overrides):
+    return trainer.profile("quick", **{**TINY, **overrides})
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Raises after ``steps`` training steps, as a crash or a disconnect would stop a run."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps, self.seen = steps, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.steps:
+            raise Crash(f"crashed after {self.steps} steps")
+
+
+def test_train_saves_a_loadable_model_and_its_history(tmp_path):
+    result = trainer.train(tiny(), tmp_path / "run", verbose=0)
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["config.json", "history.json", "model.keras", "tokenizer.json", "train_config.json"]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    steps_per_epoch = 48 * 4 // 16  # every reference caption once per epoch
+    assert history["step"] == list(range(1, 2 * steps_per_epoch + 1))
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2] and "val_loss" in history["epochs"][0]
+    model, tokenizer = trainer.load_run(tmp_path / "run")
+    images = np.random.rand(2, 32, 32, 3).astype("float32")
+    tokens = tokenizer.encode(["a red circle", "a blue square"], 10)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model((images, tokens))),
+                               keras.ops.convert_to_numpy(result.model((images, tokens))), atol=1e-6)
+
+
+def test_a_finished_run_is_never_overwritten_without_asking(tmp_path):
+    trainer.train(tiny(epochs=1), tmp_path / "run", verbose=0)
+    before = (tmp_path / "run" / "model.keras").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a trained model.*overwrite"):
+        trainer.train(tiny(epochs=1), tmp_path / "run", verbose=0)
+    assert (tmp_path / "run" / "model.keras").read_bytes() == before
+    trainer.train(tiny(epochs=1, seed=1), tmp_path / "run", overwrite=True, verbose=0)
+    assert (tmp_path / "run" / "model.keras").read_bytes() != before
+
+
+def test_same_seed_same_loss_curve(tmp_path):
+    first = trainer.train(tiny(epochs=1), tmp_path / "a", verbose=0).history["loss"]
+    second = trainer.train(tiny(epochs=1), tmp_path / "b", verbose=0).history["loss"]
+    other = trainer.train(tiny(epochs=1, seed=5), tmp_path / "c", verbose=0).history["loss"]
+    np.testing.assert_allclose(first, second, rtol=1e-5)
+    assert not np.allclose(first, other, rtol=1e-3)
+
+
+@pytest.mark.parametrize("crash_step", [3, 12])  # mid-epoch (between checkpoints), and at an epoch's end
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, crash_step):
+    # Without dropout, a resumed run is the uninterrupted run exactly: same weights, optimizer state
+    # and batch order. (With dropout, the masks drawn after a resume differ.)
+    config = tiny(dropout=0.0)
+    uninterrupted = trainer.train(config, tmp_path / "whole", verbose=0).history
+    with pytest.raises(Crash):
+        trainer.train(config, tmp_path / "cut", verbose=0, callbacks=[CrashAt(crash_step)])
+    assert not (tmp_path / "cut" / "model.keras").exists()
+    resumed = trainer.train(config, tmp_path / "cut", verbose=0)
+    assert resumed.resumed_from_step == crash_step - crash_step % 2  # the last checkpoint
+    assert resumed.history["step"] == uninterrupted["step"]  # every step once
+    last_epoch = slice(12, 24)  # the per-step losses are running means over the epoch
+    np.testing.assert_allclose(resumed.history["loss"][last_epoch], uninterrupted["loss"][last_epoch], rtol=1e-5)
+    assert resumed.history["epochs"][-1]["val_loss"] == pytest.approx(uninterrupted["epochs"][-1]["val_loss"], rel=1e-5)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    with pytest.raises(Crash):
+        trainer.train(tiny(), tmp_path / "run", verbose=0, callbacks=[CrashAt(3)])
+    with pytest.raises(ValueError, match="different settings \\(model_dim\\)"):
+        trainer.train(tiny(model_dim=32), tmp_path / "run", verbose=0)
+
+
+def test_unknown_profile_and_setting():
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        trainer.profile("fast")
+    with pytest.raises(ValueError, match="unknown training settings \\['model_width'\\]"):
+        trainer.profile("quick", model_width=3)
+
+
+def _cli_train(run_dir, *extra):
+    settings = [f"--set={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in TINY.items()]
+    command = [sys.executable, "-m", "minicap.cli", "train", "-o", str(run_dir), *settings, "--set=epochs=3", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+@pytest.mark.slow
+def test_minicap_train_killed_with_sigkill_resumes_and_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    state = run_dir / "checkpoints" / "state.json"
+    rng = np.random.default_rng(0)
+    for kill in range(2):  # kill twice, each time a random moment after a checkpoint exists
+        process = _cli_train(run_dir)
+        deadline = time.time() + 300
+        previous = json.loads(state.read_text())["step"] if state.exists() else 0
+        while time.time() < deadline and process.poll() is None:
+            if state.exists() and json.loads(state.read_text())["step"] > previous:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
+        if process.poll() is not None:
+            pytest.fail(f"training ended before it could be killed:\n{process.stdout.read()}")
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (run_dir / "model.keras").exists()
+    process = _cli_train(run_dir)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "resuming" in output and "trained model saved" in output
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["step"] == list(range(1, 3 * 12 + 1))  # every step exactly once, despite two kills
+    # And the trained model is never overwritten without --overwrite.
+    process = _cli_train(run_dir)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 2 and "--overwrite" in output
