@@ -374,3 +374,28 @@ def reference_grounding(model, tokenizer, data, batch_size=100, layer="mean"):
             masks.append(scene.masks)
     score = grounding_score(attention, mentions, masks, model.config.image_size, model.config.encoder_patch_size)
     return {key: float(value) for key, value in score.items()}
+
+
+def evaluate_caption_set(model, tokenizer, caption_set, method="greedy", batch_size=64, **options):
+    """BLEU-1..4 and CIDEr-D of a real data set split (Flickr8k, COCO), read from disk in batches.
+
+    Args:
+        caption_set: a :class:`minicap.data.records.CaptionSet` loaded with ``image_size`` equal
+            to the model's.
+
+    Returns:
+        ``(metrics, captions)``.
+    """
+    from minicap.generate import Generator
+
+    if len(caption_set) == 0:
+        raise ValueError(f"the {caption_set.name} {caption_set.split} split is empty: there is nothing to evaluate")
+    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    decode = {"greedy": generator.greedy, "beam": generator.beam_search, "sample": generator.sample}[method]
+    files, captions = caption_set.images, []
+    for start in range(0, len(caption_set), batch_size):
+        images = np.stack([files[i] for i in range(start, min(start + batch_size, len(caption_set)))])
+        captions += tokenizer.decode_batch(decode(images.astype("float32") / 255.0, **options))
+    metrics = corpus_bleu(captions, caption_set.captions)
+    metrics["cider_d"] = cider_d(captions, caption_set.captions)
+    return {key: float(value) for key, value in metrics.items()}, captions

@@ -174,3 +174,52 @@ def show_word_attention(image, weights, words, grid, columns=6, title=None, size
     if title:
         fig.suptitle(title)
     return fig
+
+
+def show_captioned(images, captions, columns=4, size=2.4, title=None, wrap=28):
+    """Images in a grid, each with its caption (or a list of captions) underneath. Returns the figure."""
+    import textwrap
+
+    count = len(images)
+    columns = min(columns, count)
+    rows = int(np.ceil(count / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, (size + 0.9) * rows), squeeze=False,
+                             layout="constrained")
+    for index, ax in enumerate(axes.flat):
+        if index >= count:
+            ax.axis("off")
+            continue
+        show_image(images[index], ax)
+        text = captions[index]
+        lines = text if isinstance(text, (list, tuple)) else [text]
+        ax.set_xlabel("\n".join(textwrap.fill(line, wrap) for line in lines), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def show_history(record, title=None):
+    """Training curves from a ``minicap.training.History`` record: loss, accuracy, learning rate.
+
+    Per-step values are the epoch's running means (what the progress bar shows); the validation
+    values are marked at the end of each epoch. Returns the figure.
+    """
+    steps = np.asarray(record["step"])
+    epochs = record["epochs"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), layout="constrained")
+    for ax, key, label in ((axes[0], "loss", "masked cross-entropy"), (axes[1], "accuracy", "masked token accuracy")):
+        ax.plot(steps, record[key], label="training (running mean)", linewidth=1)
+        ends = [e["step"] for e in epochs if f"val_{key}" in e]
+        if ends:
+            ax.plot(ends, [e[f"val_{key}"] for e in epochs if f"val_{key}" in e], "o-",
+                    label="validation (end of epoch)")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[2].plot(steps, record["learning_rate"])
+    axes[2].set_xlabel("training step")
+    axes[2].set_ylabel("learning rate")
+    axes[2].set_title("warm-up, then 1/√step")
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -253,3 +253,16 @@ def load_run(run_dir):
         raise FileNotFoundError(f"{path} does not exist: train first (minicap train -o {run_dir})")
     model = keras.models.load_model(path, safe_mode=True)
     return model, Tokenizer.load(run_dir / "tokenizer.json")
+
+
+def train_or_load(config, run_dir, retrain=False, verbose="auto"):
+    """Load the finished run in ``run_dir`` if there is one (and ``retrain`` is False), else train it.
+
+    Chapter 6 uses this: it reads chapter 5's model, or trains the same one if it is missing
+    (e.g. when chapter 6 is opened alone on Colab).
+    """
+    if not retrain and (Path(run_dir) / "model.keras").exists():
+        model, tokenizer = load_run(run_dir)
+        history = json.loads((Path(run_dir) / "history.json").read_text())
+        return TrainResult(model, tokenizer, history, Path(run_dir), 0)
+    return train(config, run_dir, overwrite=retrain, verbose=verbose)

@@ -17,16 +17,14 @@ seed, and a JSON history. The run directory it writes::
 
 Reference: Vaswani et al. (2017), section 5.3 (optimizer and schedule) and 5.4 (label smoothing).
 """
-import json
 import math
-import os
 import time
 from pathlib import Path
 
 import keras
 from keras import ops
 
-from minicap.checkpoint import Checkpointer, write_json_atomic
+from minicap.checkpoint import write_json_atomic
 
 
 @keras.saving.register_keras_serializable(package="minicap")
@@ -160,7 +158,8 @@ class History(keras.callbacks.Callback):
             self.model.optimizer.learning_rate)))
 
     def on_epoch_end(self, epoch, logs=None):
-        entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - (self._epoch_start or time.perf_counter())}
+        entry = {"epoch": epoch + 1, "step": int(ops.convert_to_numpy(self.model.optimizer.iterations)),
+                 "seconds": time.perf_counter() - (self._epoch_start or time.perf_counter())}
         entry.update({key: float(value) for key, value in (logs or {}).items()})
         self.record["epochs"].append(entry)
         self.save()
