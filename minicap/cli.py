@@ -6,6 +6,7 @@ exit status 2, not a traceback.
 """
 import argparse
 import json
+import os
 import sys
 
 
@@ -34,6 +35,95 @@ def _train(args):
     print(f"trained model saved to {result.model_path}")
 
 
+def _caption(args):
+    import numpy as np
+
+    from minicap.data.images import load_image
+    from minicap.generate import Generator
+    from minicap.model import load_captioner
+
+    model, tokenizer = load_captioner(args.model, args.tokenizer)
+    size = model.config.image_size
+    loaded, failed = [], 0
+    for path in args.images:
+        try:
+            loaded.append((path, load_image(path, size)))
+        except (OSError, ValueError) as error:  # one bad file must not stop the others
+            failed += 1
+            print(f"minicap caption: error: {error}", file=sys.stderr)
+    if not loaded:
+        raise UserError("no image could be read")
+    images = np.stack([image for _, image in loaded]).astype("float32") / 255.0
+    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    tokens = generator.beam_search(images, beam_width=args.beam) if args.beam > 1 else generator.greedy(images)
+    captions = tokenizer.decode_batch(tokens)
+    for (path, _), caption in zip(loaded, captions):
+        print(f"{path}\t{caption}")
+    if args.attention:
+        _save_attention(args.attention, model, images, tokens, captions, [p for p, _ in loaded])
+    return 1 if failed else 0
+
+
+def _save_attention(target, model, images, tokens, captions, paths):
+    """One figure per image: each word's cross-attention over the image."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minicap.evaluate import cross_attention
+    from minicap.plot import show_word_attention
+
+    target = Path(target)
+    grid = model.config.image_size // model.config.encoder_patch_size
+    weights = cross_attention(model, images, tokens[:, :-1])
+    for index, (caption, path) in enumerate(zip(captions, paths)):
+        words = caption.split() or ["(empty)"]
+        figure = show_word_attention(images[index], weights[index, :len(words)], words, (grid, grid), title=caption)
+        out = target if len(paths) == 1 else target.with_name(f"{target.stem}-{index}{target.suffix}")
+        figure.savefig(out, dpi=100)
+        plt.close(figure)
+        print(f"attention of {path} saved to {out}", file=sys.stderr)
+
+
+def _evaluate(args):
+    from minicap.model import load_captioner
+
+    model, tokenizer = load_captioner(args.model, args.tokenizer)
+    options = {"method": "beam", "beam_width": args.beam} if args.beam > 1 else {}
+    if args.dataset == "shapes":
+        from minicap.data.shapes import make_shapes
+        from minicap.evaluate import evaluate_shapes
+
+        split = {"test": "heldout"}.get(args.split, args.split)
+        data = make_shapes(args.num, split=split, seed=args.seed, image_size=model.config.image_size,
+                           max_objects=args.max_objects or _trained_max_objects(args.model))
+        metrics, _ = evaluate_shapes(model, tokenizer, data, **options)
+    else:
+        from minicap.data import coco, flickr8k
+        from minicap.evaluate import evaluate_caption_set
+
+        load = flickr8k.load_flickr8k if args.dataset == "flickr8k" else coco.load_coco
+        data = load(args.split, image_size=model.config.image_size)
+        metrics, _ = evaluate_caption_set(model, tokenizer, data, **options)
+    metrics = {"dataset": args.dataset, "split": args.split, "images": len(data), **metrics}
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>14}  {value:.4f}" if isinstance(value, float) else f"{key:>14}  {value}")
+
+
+def _trained_max_objects(model_path):
+    """The shapes scenes' max_objects the model was trained on (train_config.json beside it), else 3."""
+    from pathlib import Path
+
+    saved = Path(model_path).with_name("train_config.json")
+    return json.loads(saved.read_text()).get("max_objects", 3) if saved.exists() else 3
+
+
 def _kernel(args):
     from minicap import kernel
 
@@ -57,6 +147,26 @@ def build_parser():
                        help="train again even if the run directory holds a trained model")
     train.set_defaults(handler=_train)
 
+    caption = commands.add_parser("caption", help="caption image files with a trained model")
+    caption.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size; resized)")
+    caption.add_argument("--model", "-m", required=True, help="model.keras written by minicap train")
+    caption.add_argument("--tokenizer", help="its tokenizer.json (default: next to the model)")
+    caption.add_argument("--beam", type=int, default=1, metavar="WIDTH", help="beam search of this width (default: greedy)")
+    caption.add_argument("--attention", metavar="PNG", help="save each word's attention over the image here")
+    caption.set_defaults(handler=_caption)
+
+    evaluate = commands.add_parser("evaluate", help="score a model: BLEU, CIDEr-D (+ faithfulness, grounding on shapes)")
+    evaluate.add_argument("--model", "-m", required=True, help="model.keras written by minicap train")
+    evaluate.add_argument("--tokenizer", help="its tokenizer.json (default: next to the model)")
+    evaluate.add_argument("--dataset", choices=["shapes", "flickr8k", "coco"], default="shapes")
+    evaluate.add_argument("--split", default="test", help="shapes: train, val, heldout (= test); real: train, val, test")
+    evaluate.add_argument("--num", type=int, default=200, help="shapes scenes to evaluate (default 200)")
+    evaluate.add_argument("--max-objects", type=int, help="shapes: most objects per scene (default: as trained)")
+    evaluate.add_argument("--seed", type=int, default=2, help="shapes: the scenes' seed")
+    evaluate.add_argument("--beam", type=int, default=1, metavar="WIDTH", help="beam search of this width (default: greedy)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(handler=_evaluate)
+
     kernel = commands.add_parser("kernel", help="manage the minicap-gpu Jupyter kernel")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
     install = kernel_commands.add_parser("install", help="register the minicap-gpu kernel")
@@ -69,6 +179,7 @@ def build_parser():
 
 
 def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -9,6 +9,8 @@ the model's whole Keras config, so ``keras.models.load_model(path, safe_mode=Tru
 """
 import dataclasses
 import json
+import os
+import zipfile
 
 import keras
 from keras import ops
@@ -199,3 +201,40 @@ class CaptionModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         return cls(config.pop("config"), load_backbone_weights=False, **config)
+
+
+def load_captioner(model_path, tokenizer_path=None):
+    """Load a trained ``CaptionModel`` (``safe_mode=True``) and its tokenizer; check they belong together.
+
+    Args:
+        model_path: a ``.keras`` file written by ``minicap train`` (``run_dir/model.keras``).
+        tokenizer_path: its ``tokenizer.json``; default: the one next to the model.
+
+    Returns:
+        ``(model, tokenizer)``. Raises ``FileNotFoundError`` or ``ValueError`` naming the file and
+        the problem: a missing file, a file that is not a minicap model, a tampered tokenizer, or a
+        tokenizer whose vocabulary does not match the model's.
+    """
+    import minicap.training  # noqa: F401 (registers the loss and metric a compiled model names)
+    from minicap.text import Tokenizer
+
+    model_path = os.fspath(model_path)
+    tokenizer_path = os.fspath(tokenizer_path or os.path.join(os.path.dirname(model_path) or ".", "tokenizer.json"))
+    for path, what in ((model_path, "model"), (tokenizer_path, "tokenizer")):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such {what} file" + (" (a directory?)" if os.path.isdir(path) else ""))
+    if not zipfile.is_zipfile(model_path):
+        raise ValueError(f"{model_path} is not a Keras model file (.keras files are zip archives); "
+                         f"pass the model.keras that minicap train wrote")
+    try:
+        model = keras.models.load_model(model_path, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 (Keras raises many types for a bad archive)
+        raise ValueError(f"{model_path} could not be loaded as a minicap model: {error}") from error
+    if not isinstance(model, CaptionModel):
+        raise ValueError(f"{model_path} holds a {type(model).__name__}, not a minicap CaptionModel")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    if len(tokenizer) != model.config.vocab_size or tokenizer.pad_id != model.config.pad_id:
+        raise ValueError(
+            f"{tokenizer_path} ({len(tokenizer)} tokens) does not match {model_path} (vocabulary of "
+            f"{model.config.vocab_size}): use the tokenizer.json saved with this model")
+    return model, tokenizer

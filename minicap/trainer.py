@@ -243,16 +243,12 @@ class _EpochView(keras.utils.PyDataset):
 
 def load_run(run_dir):
     """The trained model and tokenizer of a finished run: ``(model, tokenizer)``."""
-    import minicap.model  # noqa: F401 (registers the classes a saved model names)
-    import minicap.training  # noqa: F401
-    from minicap.text import Tokenizer
+    from minicap.model import load_captioner
 
-    run_dir = Path(run_dir)
-    path = run_dir / "model.keras"
+    path = Path(run_dir) / "model.keras"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: train first (minicap train -o {run_dir})")
-    model = keras.models.load_model(path, safe_mode=True)
-    return model, Tokenizer.load(run_dir / "tokenizer.json")
+    return load_captioner(path)
 
 
 def train_or_load(config, run_dir, retrain=False, verbose="auto"):
