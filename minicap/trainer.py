@@ -41,7 +41,7 @@ class TrainConfig:
     lr_scale: float = 1.0            # multiplies the schedule's learning rate
     label_smoothing: float = 0.0     # ε of the masked cross-entropy
     word_dropout: float = 0.0        # chance of replacing each decoder input word by [UNK] (training only)
-    mixed_precision: bool = False    # bfloat16 on GPUs that have it, else float16
+    mixed_precision: bool = False    # bfloat16 (float16 on GPUs older than Ampere), float32 weights
     jit_compile: str = "auto"        # XLA: "auto" (Keras decides), "on" or "off"
     checkpoint_every: int = 200      # steps between checkpoints (also one at each epoch's end)
     seed: int = 0                    # seeds data order, initial weights and dropout
@@ -97,30 +97,31 @@ def model_config(config, vocab_size, pad_id):
 
 
 def _set_precision(config):
-    if not config.mixed_precision:
-        keras.mixed_precision.set_global_policy("float32")
-        return "float32"
-    policy = "mixed_bfloat16" if _has_bfloat16() else "mixed_float16"
+    """Set the global dtype policy of ``config.mixed_precision``; return its name."""
+    policy = "mixed_" + mixed_precision_dtype() if config.mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
 
-def _has_bfloat16():
-    """bfloat16 is fast on GPUs from Ampere on, and on TPUs; float16 elsewhere on GPUs."""
+def mixed_precision_dtype():
+    """"bfloat16" unless the GPU is older than Ampere (compute capability < 8, e.g. Colab's T4),
+    which has fast float16 but no fast bfloat16. CPUs and TPUs get bfloat16."""
+    backend = keras.backend.backend()
     try:
-        import jax
+        if backend == "jax":
+            import jax
 
-        device = jax.devices()[0]
-        kind = getattr(device, "device_kind", "").lower()
-        return device.platform == "tpu" or any(name in kind for name in ("a100", "h100", "h200", "l4", "a10", "rtx 30", "rtx 40"))
-    except Exception:  # noqa: BLE001 (no JAX: decide from TensorFlow)
-        try:
+            capability = getattr(jax.devices()[0], "compute_capability", None)
+            return "float16" if capability and float(capability) < 8 else "bfloat16"
+        if backend == "tensorflow":
             import tensorflow as tf
 
-            details = [tf.config.experimental.get_device_details(gpu) for gpu in tf.config.list_physical_devices("GPU")]
-            return any(d.get("compute_capability", (0, 0)) >= (8, 0) for d in details)
-        except Exception:  # noqa: BLE001
-            return True  # CPUs compute bfloat16 correctly (if not fast)
+            for gpu in tf.config.list_physical_devices("GPU"):
+                if tf.config.experimental.get_device_details(gpu).get("compute_capability", (8, 0)) < (8, 0):
+                    return "float16"
+    except (RuntimeError, ValueError):  # no usable accelerator: CPU
+        pass
+    return "bfloat16"
 
 
 @dataclasses.dataclass
@@ -218,7 +219,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     history.save()
     save_model_atomic(model, run_dir / "model.keras")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    keras.mixed_precision.set_global_policy("float32") if policy != "float32" else None
+    keras.mixed_precision.set_global_policy("float32")  # leave the process as it was
     return TrainResult(model, tokenizer, history.record, run_dir, resumed)
 
 

@@ -7,6 +7,7 @@ photos in ``Flicker8k_Dataset/`` (sic) and ``Flickr8k_text.zip`` with the captio
 :func:`load_flickr8k` downloads both on demand (about 1 GB), verifies and caches them.
 """
 import os
+import warnings
 
 from minicap.data.download import default_cache_dir, fetch_and_extract, find_directory, find_file
 from minicap.data.records import CaptionSet
@@ -22,28 +23,47 @@ TOKEN_FILE = "Flickr8k.token.txt"
 IMAGE_DIRECTORY = "Flicker8k_Dataset"
 
 
+def read_text_lines(path):
+    """The lines of a UTF-8 text file. Empty lines are kept (callers skip them); bytes that are not
+    UTF-8 are replaced by U+FFFD (which the tokenizer drops as punctuation) with a warning naming the
+    file and the lines, rather than failing the whole data set on one bad byte."""
+    with open(path, "rb") as file:
+        raw_lines = file.read().splitlines()
+    lines, bad = [], []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(raw.decode("utf-8", errors="replace"))
+            bad.append(number)
+    if bad:
+        warnings.warn(f"{os.fspath(path)!r}: lines {bad[:10]}{' ...' if len(bad) > 10 else ''} are not valid UTF-8; "
+                      f"their undecodable bytes were replaced", stacklevel=2)
+    return lines
+
+
 def read_token_file(path):
-    """``{image name: [caption, ...]}`` from a ``Flickr8k.token.txt`` file, captions in ``#N`` order."""
+    """``{image name: [caption, ...]}`` from a ``Flickr8k.token.txt`` file, captions in ``#N`` order.
+
+    Empty lines are skipped; see :func:`read_text_lines` for bytes that are not UTF-8.
+    """
     numbered = {}
-    with open(path, encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            key, tab, caption = line.partition("\t")
-            name, hash_sign, number = key.partition("#")
-            if not tab or not hash_sign or not number.strip().isdigit() or not caption.strip():
-                raise ValueError(
-                    f"{os.fspath(path)!r} line {line_number}: expected 'IMAGE.jpg#N<TAB>caption', got {line[:80]!r}"
-                )
-            numbered.setdefault(name.strip(), []).append((int(number), caption.strip()))
+    for line_number, line in enumerate(read_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        key, tab, caption = line.partition("\t")
+        name, hash_sign, number = key.partition("#")
+        if not tab or not hash_sign or not number.strip().isdigit() or not caption.strip():
+            raise ValueError(
+                f"{os.fspath(path)!r} line {line_number}: expected 'IMAGE.jpg#N<TAB>caption', got {line[:80]!r}"
+            )
+        numbered.setdefault(name.strip(), []).append((int(number), caption.strip()))
     return {name: [c for _, c in sorted(entries)] for name, entries in numbered.items()}
 
 
 def read_split_file(path):
     """Image names listed in a ``Flickr_8k.*Images.txt`` file, one per line."""
-    with open(path, encoding="utf-8") as file:
-        return [line.strip() for line in file if line.strip()]
+    return [line.strip() for line in read_text_lines(path) if line.strip()]
 
 
 def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE_URL, hashes=None, image_size=None):
