@@ -42,6 +42,12 @@ class CaptionConfig:
     # VIT_WEIGHTS (downloaded once by vit-keras), a local .npz path, or None for random weights;
     # always None for the scratch encoder
     backbone_weights: str | None = "imagenet21k+imagenet2012"
+    # The scratch encoder's own sizes, when it is wider than the decoder (e.g. a ViT-B/32 encoder of
+    # width 768 feeding a decoder of width 512); None means the decoder's value. A Dense layer
+    # projects the patch vectors to model_dim when encoder_dim differs from it.
+    encoder_dim: int | None = None  # width of the scratch encoder's patch vectors (None: model_dim)
+    encoder_heads: int | None = None  # attention heads in the encoder layers (None: num_heads)
+    encoder_mlp_dim: int | None = None  # hidden width of the encoder's feed-forward blocks (None: mlp_dim)
 
     def __post_init__(self):
         if self.backbone == "scratch":
@@ -51,11 +57,18 @@ class CaptionConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"CaptionConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("encoder_dim", "encoder_heads", "encoder_mlp_dim"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"CaptionConfig.{name} must be a positive integer or None, got {value!r}")
         if self.encoder_layers < 0:
             raise ValueError(f"CaptionConfig.encoder_layers must be 0 or more, got {self.encoder_layers!r}")
         if self.model_dim % self.num_heads:
             raise ValueError(f"CaptionConfig.model_dim {self.model_dim} is not divisible by num_heads "
                              f"{self.num_heads}")
+        if self.encoder_width % self.encoder_num_heads:
+            raise ValueError(f"CaptionConfig.encoder_dim {self.encoder_width} is not divisible by encoder_heads "
+                             f"{self.encoder_num_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"CaptionConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.backbone not in BACKBONES:
@@ -75,6 +88,21 @@ class CaptionConfig:
     def encoder_patch_size(self):
         """The patch side the encoder actually uses: ``patch_size``, or the pretrained ViT's."""
         return self.patch_size if self.backbone == "scratch" else VIT_VARIANTS[self.backbone]["patch_size"]
+
+    @property
+    def encoder_width(self):
+        """Width of the scratch encoder's patch vectors: ``encoder_dim``, or ``model_dim`` when None."""
+        return self.model_dim if self.encoder_dim is None else self.encoder_dim
+
+    @property
+    def encoder_num_heads(self):
+        """Attention heads of the scratch encoder: ``encoder_heads``, or ``num_heads`` when None."""
+        return self.num_heads if self.encoder_heads is None else self.encoder_heads
+
+    @property
+    def encoder_mlp_width(self):
+        """Feed-forward width of the scratch encoder: ``encoder_mlp_dim``, or ``mlp_dim`` when None."""
+        return self.mlp_dim if self.encoder_mlp_dim is None else self.encoder_mlp_dim
 
     @property
     def num_patches(self):
@@ -137,10 +165,15 @@ class CaptionModel(keras.Model):
             raise ValueError(f"config must be a CaptionConfig or a dict, got {type(config).__name__}")
         self.config = config
         policy = self.dtype_policy
+        self.encoder_projection = None
         if config.backbone == "scratch":
             self.encoder = VisionEncoder(
-                config.image_size, config.patch_size, config.model_dim, config.encoder_layers, config.num_heads,
-                config.mlp_dim, config.dropout, dtype=policy, name="encoder")
+                config.image_size, config.patch_size, config.encoder_width, config.encoder_layers,
+                config.encoder_num_heads, config.encoder_mlp_width, config.dropout, dtype=policy, name="encoder")
+            if config.encoder_width != config.model_dim:
+                # As ViTBackbone does: the decoder attends to patch vectors of its own width.
+                self.encoder_projection = keras.layers.Dense(config.model_dim, dtype=policy,
+                                                             name="encoder_projection")
         else:
             self.encoder = ViTBackbone(config.image_size, config.model_dim, variant=config.backbone,
                                        freeze=config.freeze_backbone, dtype=policy, name="encoder")
@@ -158,6 +191,8 @@ class CaptionModel(keras.Model):
         # saved one loaded before any call.
         size, dim = self.config.image_size, self.config.model_dim
         self.encoder.build((None, size, size, 3))
+        if self.encoder_projection is not None:
+            self.encoder_projection.build((None, self.config.num_patches, self.config.encoder_width))
         self.decoder.build((None, self.config.max_length), (None, self.config.num_patches, dim))
         self.head.build((None, self.config.max_length, dim))
         self.built = True
@@ -174,7 +209,10 @@ class CaptionModel(keras.Model):
 
     def encode(self, images, training=False):
         """The encoder's patch vectors ``(batch, num_patches, model_dim)``."""
-        return self.encoder(images, training=training)
+        patches = self.encoder(images, training=training)  # (B, N, encoder_width)
+        if self.encoder_projection is not None:
+            patches = self.encoder_projection(patches)  # (B, N, model_dim)
+        return patches
 
     def init_cache(self, encoder_output, max_length=None):
         """The decoder cache for up to ``max_length`` (default ``config.max_length``) positions; see

@@ -147,3 +147,54 @@ def test_pretrained_weights_load_on_creation_but_not_from_config(tmp_path):
     assert len(rebuilt.trainable_weights) == len(rebuilt.weights) - len(rebuilt.encoder.vit.weights)  # frozen
     with pytest.raises(FileNotFoundError, match="ViT-B_32.npz"):
         CaptionModel(config)
+
+
+def test_encoder_sizes_default_to_the_decoders_and_old_configs_still_load():
+    config = _config()
+    assert (config.encoder_width, config.encoder_num_heads, config.encoder_mlp_width) == (32, 2, 64)
+    old = {key: value for key, value in config.to_dict().items() if not key.startswith("encoder_") or
+           key == "encoder_layers"}  # a config saved before the encoder sizes existed
+    assert CaptionConfig.from_dict(old) == config
+    model = CaptionModel(config)
+    assert model.encoder_projection is None and model.encoder.model_dim == 32
+
+
+def test_wider_encoder_is_projected_to_the_decoder_width(tmp_path):
+    config = _config(encoder_dim=48, encoder_heads=3, encoder_mlp_dim=96, dropout=0.0)
+    assert CaptionConfig.from_json(config.to_json()) == config
+    model = CaptionModel(config)
+    encoder = model.encoder
+    assert (encoder.model_dim, encoder.num_heads, encoder.mlp_dim) == (48, 3, 96)
+    images, tokens = _batch()
+    assert tuple(model.encode(images).shape) == (3, 16, 32)
+    assert tuple(model((images, tokens)).shape) == (3, 6, VOCAB)
+    # Parameters: the narrow model's, with the encoder at width 48 and a 48 -> 32 projection.
+    d, e, f, patch_values = 32, 48, 96, 8 * 8 * 3
+    encoder_params = (patch_values * e + e + 16 * e  # patch projection and positions
+                      + 4 * (e * e + e) + 2 * 2 * e + (e * f + f) + (f * e + e)  # one layer
+                      + 2 * e)  # final norm
+    assert sum(int(np.prod(w.shape)) for w in model.encoder.weights) == encoder_params
+    assert sum(int(np.prod(w.shape)) for w in model.encoder_projection.weights) == e * d + d
+    # Cached decoding still equals the full pass.
+    full = ops.convert_to_numpy(model((images, tokens), training=False))
+    cache = model.init_cache(model.encode(images, training=False), max_length=6)
+    steps = []
+    for index in range(6):
+        logits, cache = model.decode_step(tokens[:, index:index + 1], cache, ops.convert_to_tensor(index, "int32"))
+        steps.append(ops.convert_to_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    model.save(tmp_path / "wide.keras")
+    loaded = keras.models.load_model(tmp_path / "wide.keras", safe_mode=True)
+    assert loaded.config == config
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded((images, tokens), training=False)), full, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(encoder_dim=50, encoder_heads=3), "encoder_dim 50 is not divisible by encoder_heads 3"),
+    (dict(encoder_dim=33), "encoder_dim 33 is not divisible by encoder_heads 2"),
+    (dict(encoder_mlp_dim=0), "encoder_mlp_dim must be a positive integer or None, got 0"),
+    (dict(encoder_heads=2.5), "encoder_heads must be a positive integer or None, got 2.5"),
+])
+def test_config_rejects_bad_encoder_sizes(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**overrides)
