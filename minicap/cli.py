@@ -131,6 +131,31 @@ def _kernel(args):
     print(f"installed kernel {args.name!r} in {path}")
 
 
+def _bench(args):
+    from minicap import bench
+
+    def sizes(text):
+        if text is None:
+            return None
+        try:
+            values = tuple(int(item) for item in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or min(values) < 1:
+            raise UserError(f"batch sizes must be positive integers separated by commas, got {text!r}")
+        return values
+
+    report = bench.run(quick=args.quick, precision=args.precision, jit=args.jit, peak_tflops=args.peak_tflops,
+                       batch_sizes=sizes(args.batch_sizes), vit_batch_sizes=sizes(args.vit_batch_sizes),
+                       steps=args.steps, repeats=args.repeats, decode_batch=args.decode_batch,
+                       skip_vit=True if args.skip_vit else None, log=lambda line: print(line, file=sys.stderr))
+    print(bench.format_table(report))
+    with open(args.output, "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=1)
+        file.write("\n")
+    print(f"results written to {args.output}", file=sys.stderr)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minicap", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,6 +200,24 @@ def build_parser():
     where.add_argument("--user", action="store_true", help="install for this user")
     where.add_argument("--sys-prefix", action="store_true", help="install into this environment (default)")
     install.set_defaults(handler=_kernel)
+
+    bench = commands.add_parser("bench", help="time training (vs stock Keras, MFU) and decoding; write JSON")
+    bench.add_argument("--quick", action="store_true", help="the CI run: few steps, small batches, no ViT-B/32 on CPU")
+    bench.add_argument("--output", "-o", default="bench.json", help="JSON file of the results (default: bench.json)")
+    bench.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto",
+                       help="auto: mixed bfloat16 on a GPU (float16 before Ampere), float32 on a CPU")
+    bench.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
+                       help="XLA for training steps (auto: Keras decides; off for TensorFlow on CPU)")
+    bench.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
+                       help="the device's peak for MFU (default: table of GPUs, or a measured CPU matmul)")
+    bench.add_argument("--batch-sizes", metavar="N,N", help="quick-profile training batch sizes (default: 64)")
+    bench.add_argument("--vit-batch-sizes", metavar="N,N",
+                       help="ViT-B/32 training batch sizes (default: 64,128,256 on a GPU, 4 on a CPU)")
+    bench.add_argument("--steps", type=int, help="timed steps per repeat (default: 10; --quick 3)")
+    bench.add_argument("--repeats", type=int, help="alternating repeats; medians are reported (default: 3)")
+    bench.add_argument("--decode-batch", type=int, help="captions per decoding run (default: 256; --quick 64)")
+    bench.add_argument("--skip-vit", action="store_true", help="leave out the ViT-B/32 configuration")
+    bench.set_defaults(handler=_bench)
     return parser
 
 
