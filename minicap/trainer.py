@@ -63,7 +63,7 @@ PROFILES = {
     # steps, ~470 CPU-seconds (under 4 minutes on an idle 2-core CPU).
     "quick": TrainConfig(image_size=72, patch_size=24, model_dim=64, epochs=16, lr_scale=0.5,
                          label_smoothing=0.1, word_dropout=0.5),
-    "gpu": TrainConfig(num_train=40000, num_val=1000, image_size=128, max_objects=3, patch_size=16,
+    "gpu": TrainConfig(num_train=40000, num_val=1000, image_size=128, max_objects=3, max_length=24, patch_size=16,
                        model_dim=256, num_heads=8, encoder_layers=4, decoder_layers=3, mlp_dim=1024,
                        batch_size=128, epochs=20, warmup_steps=1000, mixed_precision=True, jit_compile="on"),
 }
