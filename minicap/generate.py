@@ -38,6 +38,7 @@ def _compile(function, model):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        tf.get_logger().setLevel("ERROR")  # each Generator compiles its own loops: retracing is expected
         return tf.function(function)
     return function
 
