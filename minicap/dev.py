@@ -39,7 +39,7 @@ def run(*command, env=None):
         sys.exit(completed.returncode)
 
 
-def setup(extras="book,test,browser"):
+def setup(extras="book,test,browser,vit"):
     """Create .venv (unless one is active), install minicap with its extras, register the kernels."""
     python = venv_python()
     if not python.exists():
