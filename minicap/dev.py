@@ -93,7 +93,8 @@ def book(executed=None):
     """Build the rendered book into _build/html, with warnings as errors."""
     python = setup()
     source = _staged_source(executed) if executed else ROOT
-    run(python, "-m", "jupyter_book", "build", source, "--path-output", ROOT, "-W", "--keep-going")
+    jupyter_book = python.parent / ("jupyter-book.exe" if os.name == "nt" else "jupyter-book")
+    run(jupyter_book, "build", source, "--path-output", ROOT, "-W", "--keep-going")
     print(f"the book is at {BUILD / 'html' / 'index.html'}")
 
 
