@@ -16,7 +16,11 @@ import keras
 from keras import ops
 
 from minicap.attention import MultiHeadAttention
-from minicap.patches import PatchEncoder, Patches, check_image_shape
+from minicap.patches import ColourShapePatchEncoder, PatchEncoder, Patches, check_image_shape
+from minicap.positional import sinusoidal_encoding_2d
+
+# How the scratch encoder turns an image into patch vectors (see minicap.patches).
+PATCH_STEMS = ("linear", "colour-shape")
 
 # Layer norm epsilon of ViT (and of vit-keras).
 NORM_EPSILON = 1e-6
@@ -156,9 +160,17 @@ class VisionEncoder(keras.layers.Layer):
         num_heads: attention heads per layer.
         mlp_dim: hidden width of the feed-forward blocks.
         dropout: dropout rate inside the layers and on the patch embeddings.
+        patch_stem: ``"linear"`` (ViT's ``PatchEncoder``: a Dense projection of the raw pixels) or
+            ``"colour-shape"`` (``ColourShapePatchEncoder``: a shape vector plus a colour vector).
+        output_positions: add the patch grid's 2-D sinusoidal encoding to the output too, where the
+            decoder's cross-attention reads it. Positions added only to the input fade through the
+            layers (the content grows, the position does not); relations such as "left of" need
+            them. DETR (Carion et al., 2020) adds them at its decoder's cross-attention likewise.
+            ``model_dim`` must then be divisible by 4.
 
     Call arguments:
-        images: ``(batch, image_size, image_size, 3)`` floats in [0, 1] (rescaled to [-1, 1] inside).
+        images: ``(batch, image_size, image_size, 3)`` floats in [0, 1] (rescaled to [-1, 1] inside
+            for the linear stem).
         return_attention_scores: also return the list of each layer's weights
             ``(batch, heads, patches, patches)``.
         training: enables dropout.
@@ -167,10 +179,13 @@ class VisionEncoder(keras.layers.Layer):
         ``(batch, num_patches, model_dim)`` with ``num_patches = (image_size / patch_size)²``.
     """
 
-    def __init__(self, image_size, patch_size, model_dim, num_layers, num_heads, mlp_dim, dropout=0.0, **kwargs):
+    def __init__(self, image_size, patch_size, model_dim, num_layers, num_heads, mlp_dim, dropout=0.0,
+                 patch_stem="linear", output_positions=False, **kwargs):
         super().__init__(**kwargs)
         if num_layers < 0:
             raise ValueError(f"num_layers must be 0 or more, got {num_layers}")
+        if patch_stem not in PATCH_STEMS:
+            raise ValueError(f"patch_stem must be one of {PATCH_STEMS}, got {patch_stem!r}")
         grid = check_image_shape((None, image_size, image_size, 3), patch_size)
         self.image_size = image_size
         self.patch_size = patch_size
@@ -179,10 +194,18 @@ class VisionEncoder(keras.layers.Layer):
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.dropout = dropout
+        self.patch_stem = patch_stem
+        self.output_positions = bool(output_positions)
+        if self.output_positions and model_dim % 4:
+            raise ValueError(f"output_positions needs model_dim divisible by 4 (2-D sinusoidal encoding), got {model_dim}")
         self.num_patches = grid[0] * grid[1]
         policy = self.dtype_policy
         self.patches = Patches(patch_size, dtype=policy, name="patches")
-        self.patch_encoder = PatchEncoder(self.num_patches, model_dim, dtype=policy, name="patch_encoder")
+        if patch_stem == "linear":
+            self.patch_encoder = PatchEncoder(self.num_patches, model_dim, dtype=policy, name="patch_encoder")
+        else:
+            self.patch_encoder = ColourShapePatchEncoder(image_size, patch_size, model_dim, dtype=policy,
+                                                         name="patch_encoder")
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy)
         self.encoder_layers = [
             EncoderLayer(model_dim, num_heads, mlp_dim, dropout, dtype=policy, name=f"encoder_layer_{i}")
@@ -193,7 +216,8 @@ class VisionEncoder(keras.layers.Layer):
     def build(self, input_shape):
         self._check_images(input_shape)
         sequence_shape = (input_shape[0], self.num_patches, self.model_dim)
-        sublayers = [(self.patch_encoder, self.patches.compute_output_shape(input_shape))]
+        stem_input = input_shape if self.patch_stem != "linear" else self.patches.compute_output_shape(input_shape)
+        sublayers = [(self.patch_encoder, stem_input)]
         sublayers += [(layer, sequence_shape) for layer in self.encoder_layers + [self.final_norm]]
         for sublayer, shape in sublayers:
             if not sublayer.built:  # a part may have been called on its own already
@@ -208,8 +232,11 @@ class VisionEncoder(keras.layers.Layer):
 
     def call(self, images, return_attention_scores=False, training=None):
         self._check_images(ops.shape(images))
-        images = ops.cast(images, self.compute_dtype) * 2.0 - 1.0  # [0, 1] -> [-1, 1], centred
-        x = self.patch_encoder(self.patches(images))  # (B, N, d)
+        images = ops.cast(images, self.compute_dtype)
+        if self.patch_stem == "linear":
+            x = self.patch_encoder(self.patches(images * 2.0 - 1.0))  # [0, 1] -> [-1, 1], centred; (B, N, d)
+        else:
+            x = self.patch_encoder(images)  # (B, N, d)
         x = self.embedding_dropout(x, training=training)
         all_weights = []
         for layer in self.encoder_layers:
@@ -219,6 +246,9 @@ class VisionEncoder(keras.layers.Layer):
             else:
                 x = layer(x, training=training)
         x = self.final_norm(x)
+        if self.output_positions:
+            grid = self.image_size // self.patch_size
+            x = x + ops.cast(sinusoidal_encoding_2d(grid, grid, self.model_dim), x.dtype)[None]  # (B, N, d)
         return (x, all_weights) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):
@@ -229,7 +259,7 @@ class VisionEncoder(keras.layers.Layer):
         config.update({
             "image_size": self.image_size, "patch_size": self.patch_size, "model_dim": self.model_dim,
             "num_layers": self.num_layers, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
+            "dropout": self.dropout, "patch_stem": self.patch_stem, "output_positions": self.output_positions,
         })
         return config
 

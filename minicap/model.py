@@ -16,7 +16,7 @@ import keras
 from keras import ops
 
 from minicap.decoder import Decoder
-from minicap.encoder import VIT_VARIANTS, VIT_WEIGHTS, ViTBackbone, VisionEncoder
+from minicap.encoder import PATCH_STEMS, VIT_VARIANTS, VIT_WEIGHTS, ViTBackbone, VisionEncoder
 
 BACKBONES = ("scratch",) + tuple(VIT_VARIANTS)
 
@@ -48,6 +48,12 @@ class CaptionConfig:
     encoder_dim: int | None = None  # width of the scratch encoder's patch vectors (None: model_dim)
     encoder_heads: int | None = None  # attention heads in the encoder layers (None: num_heads)
     encoder_mlp_dim: int | None = None  # hidden width of the encoder's feed-forward blocks (None: mlp_dim)
+    # how the scratch encoder embeds patches: "linear" (ViT: a Dense projection of the pixels) or
+    # "colour-shape" (a shape vector plus a colour vector, ColourShapePatchEncoder; chapter 5)
+    patch_stem: str = "linear"
+    # add the patch grid's 2-D sinusoidal encoding to the scratch encoder's output, where the decoder
+    # reads it (positions added only at the input fade through the layers; relations need them)
+    output_positions: bool = False
 
     def __post_init__(self):
         if self.backbone == "scratch":
@@ -71,6 +77,15 @@ class CaptionConfig:
                              f"{self.encoder_num_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"CaptionConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.patch_stem not in PATCH_STEMS:
+            raise ValueError(f"CaptionConfig.patch_stem must be one of {list(PATCH_STEMS)}, got {self.patch_stem!r}")
+        if self.output_positions and self.encoder_width % 4:
+            raise ValueError(f"CaptionConfig.output_positions needs an encoder width divisible by 4, got "
+                             f"{self.encoder_width}")
+        if self.backbone != "scratch" and (self.patch_stem != "linear" or self.output_positions):
+            raise ValueError(f"CaptionConfig.patch_stem {self.patch_stem!r} and output_positions "
+                             f"{self.output_positions} need the scratch encoder; the {self.backbone} backbone "
+                             f"has its own linear patch embedding and positions")
         if self.backbone not in BACKBONES:
             raise ValueError(f"CaptionConfig.backbone {self.backbone!r} is not one of {list(BACKBONES)}")
         if self.image_size % self.encoder_patch_size:
@@ -169,7 +184,8 @@ class CaptionModel(keras.Model):
         if config.backbone == "scratch":
             self.encoder = VisionEncoder(
                 config.image_size, config.patch_size, config.encoder_width, config.encoder_layers,
-                config.encoder_num_heads, config.encoder_mlp_width, config.dropout, dtype=policy, name="encoder")
+                config.encoder_num_heads, config.encoder_mlp_width, config.dropout, patch_stem=config.patch_stem,
+                output_positions=config.output_positions, dtype=policy, name="encoder")
             if config.encoder_width != config.model_dim:
                 # As ViTBackbone does: the decoder attends to patch vectors of its own width.
                 self.encoder_projection = keras.layers.Dense(config.model_dim, dtype=policy,

@@ -33,6 +33,8 @@ class TrainConfig:
     decoder_layers: int = 2          # depth of the decoder
     mlp_dim: int = 256               # hidden width of the feed-forward blocks
     dropout: float = 0.1             # dropout in the attention and feed-forward blocks
+    patch_stem: str = "linear"       # scratch encoder: "linear" (ViT) or "colour-shape" (see minicap.patches)
+    output_positions: bool = False   # scratch encoder: add patch positions to its output too (relations)
     backbone: str = "scratch"        # "scratch", or a pretrained "vit-b16" / "vit-b32" (vit extra)
     freeze_backbone: bool = True     # keep a pretrained backbone's weights fixed
     batch_size: int = 64             # captions per step
@@ -98,7 +100,9 @@ def model_config(config, vocab_size, pad_id):
         vocab_size=vocab_size, max_length=config.max_length, image_size=config.image_size,
         patch_size=config.patch_size, model_dim=config.model_dim, num_heads=config.num_heads,
         encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers, mlp_dim=config.mlp_dim,
-        dropout=config.dropout, backbone=config.backbone, freeze_backbone=config.freeze_backbone, pad_id=pad_id,
+        dropout=config.dropout, patch_stem=config.patch_stem, output_positions=config.output_positions,
+        backbone=config.backbone,
+        freeze_backbone=config.freeze_backbone, pad_id=pad_id,
     )
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import keras
 
-from minicap.patches import PatchEncoder, Patches
+from minicap.patches import ColourShapePatchEncoder, PatchEncoder, Patches
 from layer_checks import check_layer
 
 
@@ -79,3 +79,63 @@ def test_bad_patch_size(size):
 def test_patch_encoder_wrong_number_of_patches():
     with pytest.raises(ValueError, match="built for 64 patches, got 16"):
         PatchEncoder(64, 32)(np.zeros((1, 16, 48), "float32"))
+
+
+def _scene(shape_mask, colour, background=(0.4, 0.38, 0.42)):
+    """A 24x24 image: ``colour`` where ``shape_mask`` is True, ``background`` elsewhere."""
+    image = np.empty((24, 24, 3), "float32")
+    image[:] = background
+    image[shape_mask] = colour
+    return image
+
+
+def _masks():
+    yy, xx = np.mgrid[0:24, 0:24] + 0.5
+    circle = (xx - 6) ** 2 + (yy - 6) ** 2 <= 16
+    square = (np.abs(xx - 6) <= 3.5) & (np.abs(yy - 6) <= 3.5)  # in the same patch as the circle
+    return circle, square
+
+
+def test_colour_shape_encoder_separates_colour_from_shape():
+    circle, square = _masks()
+    red, yellow = (0.84, 0.18, 0.16), (0.92, 0.8, 0.16)
+    images = np.stack([_scene(circle, red), _scene(circle, yellow), _scene(square, red), _scene(square, yellow)])
+    layer = ColourShapePatchEncoder(24, 12, 8)
+    encoded = keras.ops.convert_to_numpy(layer(images))
+    assert encoded.shape == (4, 4, 8)
+    foreground = keras.ops.convert_to_numpy(layer.foreground(images))[..., 0]
+    # The foreground map is the outline, whatever the colour: ~1 on the object, ~0 on the background.
+    np.testing.assert_allclose(foreground[0][circle], 1.0, atol=1e-3)
+    np.testing.assert_allclose(foreground[0][~circle], 0.0, atol=1e-3)
+    np.testing.assert_allclose(foreground[0], foreground[1], atol=1e-3)
+    # So recolouring changes the patch vector by the same amount whatever the shape (colour term
+    # only), and reshaping changes it by the same amount whatever the colour (shape term only).
+    np.testing.assert_allclose(encoded[1] - encoded[0], encoded[3] - encoded[2], atol=1e-2)
+    np.testing.assert_allclose(encoded[2] - encoded[0], encoded[3] - encoded[1], atol=1e-2)
+    assert np.abs(encoded[1] - encoded[0]).max() > 1e-2 and np.abs(encoded[2] - encoded[0]).max() > 1e-2
+
+
+def test_colour_shape_encoder_empty_patches_and_background():
+    circle, _ = _masks()
+    layer = ColourShapePatchEncoder(24, 12, 8)
+    # Patch 0 holds the circle; the other patches are background of two different tints.
+    first = keras.ops.convert_to_numpy(layer(_scene(circle, (0.2, 0.3, 0.9))[None]))
+    second = keras.ops.convert_to_numpy(layer(_scene(circle, (0.2, 0.3, 0.9), background=(0.3, 0.3, 0.3))[None]))
+    np.testing.assert_allclose(first[0, 1:], second[0, 1:], atol=1e-2)  # empty patches ignore the tint
+    np.testing.assert_allclose(first[0, 0], second[0, 0], atol=1e-2)  # and so does the object's patch
+
+
+def test_colour_shape_encoder_round_trip(tmp_path):
+    layer = ColourShapePatchEncoder(24, 12, 8, threshold=0.2, sharpness=30.0, name="stem")
+    check_layer(layer, [np.random.default_rng(0).random((2, 24, 24, 3)).astype("float32")], tmp_path, atol=1e-5)
+
+
+def test_colour_shape_encoder_bad_arguments():
+    with pytest.raises(ValueError, match="image height 30 is not divisible by patch size 8"):
+        ColourShapePatchEncoder(30, 8, 16)
+    with pytest.raises(ValueError, match="threshold must be in"):
+        ColourShapePatchEncoder(24, 8, 16, threshold=2.0)
+    with pytest.raises(ValueError, match="sharpness must be positive"):
+        ColourShapePatchEncoder(24, 8, 16, sharpness=0)
+    with pytest.raises(ValueError, match=r"built for 24x24 RGB images got input of shape \(1, 32, 32, 3\)"):
+        ColourShapePatchEncoder(24, 8, 16)(np.zeros((1, 32, 32, 3), "float32"))
