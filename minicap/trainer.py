@@ -59,15 +59,17 @@ class TrainConfig:
 
 PROFILES = {
     # 72-pixel images in 24-pixel patches: the 3 x 3 patches are the scenes' 3 x 3 grid cells, so each object
-    # lies inside one patch and each patch token describes at most one object (much easier than 64/8 or 64/16).
-    # A narrow model (d=64) trains ~2x faster per step than d=128, and more steps matter most here. Word
-    # dropout and label smoothing weaken the decoder's language prior a little (held-out pairs). Cost: 6000
-    # steps, ~470 CPU-seconds (under 4 minutes on an idle 2-core CPU).
-    "quick": TrainConfig(image_size=72, patch_size=24, model_dim=64, epochs=16, lr_scale=0.5,
-                         label_smoothing=0.1, word_dropout=0.5),
+    # lies inside one patch. The colour-shape patch encoder lets the model name colour-and-shape pairs it never
+    # saw (held-out split); the positions added to the encoder's output let it learn relations ("left of"); one
+    # encoder layer relates the objects and mixes colour into shape less than two. Dropout and word dropout cost
+    # held-out faithfulness here; strong label smoothing helps it a little. Measured on a 2-core CPU: 6000 steps
+    # in about 3.5 minutes, ~99% faithful captions on new scenes and ~90% on held-out ones (book chapter 5).
+    "quick": TrainConfig(image_size=72, patch_size=24, model_dim=64, encoder_layers=1, dropout=0.0, epochs=16,
+                         label_smoothing=0.3, patch_stem="colour-shape", output_positions=True),
     "gpu": TrainConfig(num_train=40000, num_val=1000, image_size=128, max_objects=3, max_length=24, patch_size=16,
                        model_dim=256, num_heads=8, encoder_layers=4, decoder_layers=3, mlp_dim=1024,
-                       batch_size=128, epochs=20, warmup_steps=1000, mixed_precision=True, jit_compile="on"),
+                       batch_size=128, epochs=20, warmup_steps=1000, patch_stem="colour-shape", output_positions=True,
+                       mixed_precision=True, jit_compile="on"),
 }
 
 

@@ -52,6 +52,33 @@ def test_vision_encoder_contract_and_shapes(tmp_path):
     assert [tuple(w.shape) for w in weights] == [(2, 2, 16, 16)] * 2
 
 
+def test_vision_encoder_colour_shape_stem_and_output_positions(tmp_path):
+    encoder = VisionEncoder(image_size=24, patch_size=8, model_dim=16, num_layers=1, num_heads=2, mlp_dim=32,
+                            patch_stem="colour-shape", output_positions=True)
+    images = np.random.default_rng(0).random((2, 24, 24, 3)).astype("float32")
+    assert check_layer(encoder, [images], tmp_path, atol=1e-5).shape == (2, 9, 16)
+    assert encoder.get_config()["patch_stem"] == "colour-shape" and encoder.get_config()["output_positions"]
+
+
+def test_vision_encoder_output_positions_add_the_2d_encoding():
+    from minicap.positional import sinusoidal_encoding_2d
+
+    plain = VisionEncoder(image_size=16, patch_size=8, model_dim=8, num_layers=1, num_heads=2, mlp_dim=16)
+    images = np.random.default_rng(1).random((1, 16, 16, 3)).astype("float32")
+    expected = ops.convert_to_numpy(plain(images)) + ops.convert_to_numpy(sinusoidal_encoding_2d(2, 2, 8))[None]
+    config = {**plain.get_config(), "output_positions": True}
+    positioned = VisionEncoder.from_config(config)
+    positioned.build(images.shape)
+    positioned.set_weights(plain.get_weights())  # no new weights: the encoding is fixed
+    np.testing.assert_allclose(ops.convert_to_numpy(positioned(images)), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="output_positions needs model_dim divisible by 4"):
+        VisionEncoder(image_size=16, patch_size=8, model_dim=6, num_layers=1, num_heads=2, mlp_dim=16,
+                      output_positions=True)
+    with pytest.raises(ValueError, match="patch_stem must be one of"):
+        VisionEncoder(image_size=16, patch_size=8, model_dim=8, num_layers=1, num_heads=2, mlp_dim=16,
+                      patch_stem="conv")
+
+
 def test_vision_encoder_output_depends_on_patch_position():
     # Swapping two patches changes more than the order of the outputs: positions are encoded.
     encoder = VisionEncoder(image_size=16, patch_size=8, model_dim=8, num_layers=1, num_heads=2, mlp_dim=16)

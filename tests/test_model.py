@@ -45,6 +45,10 @@ def test_config_json_round_trip(tmp_path):
     (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
     (dict(pad_id=11), "pad_id 11 is not a token id below vocab_size 11"),
     (dict(backbone="vit-b16", backbone_weights="imagenet"), "backbone_weights must be one of"),
+    (dict(patch_stem="conv"), r"patch_stem must be one of \['linear', 'colour-shape'\]"),
+    (dict(backbone="vit-b16", patch_stem="colour-shape"), "need the scratch encoder"),
+    (dict(backbone="vit-b16", output_positions=True), "need the scratch encoder"),
+    (dict(model_dim=18, num_heads=2, output_positions=True), "output_positions needs an encoder width divisible by 4"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -198,3 +202,13 @@ def test_wider_encoder_is_projected_to_the_decoder_width(tmp_path):
 def test_config_rejects_bad_encoder_sizes(overrides, message):
     with pytest.raises(ValueError, match=message):
         _config(**overrides)
+
+
+def test_colour_shape_model_with_output_positions_saves_and_loads(tmp_path):
+    model = CaptionModel(_config(patch_stem="colour-shape", output_positions=True))
+    images, tokens = _batch()
+    expected = keras.ops.convert_to_numpy(model((images, tokens)))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert loaded.config.patch_stem == "colour-shape" and loaded.config.output_positions
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded((images, tokens))), expected, atol=1e-5)
