@@ -167,6 +167,7 @@ class VisionEncoder(keras.layers.Layer):
             layers (the content grows, the position does not); relations such as "left of" need
             them. DETR (Carion et al., 2020) adds them at its decoder's cross-attention likewise.
             ``model_dim`` must then be divisible by 4.
+        stem_hidden_dim: the colour-shape stem's ``hidden_dim`` (0: linear projections).
 
     Call arguments:
         images: ``(batch, image_size, image_size, 3)`` floats in [0, 1] (rescaled to [-1, 1] inside
@@ -180,7 +181,7 @@ class VisionEncoder(keras.layers.Layer):
     """
 
     def __init__(self, image_size, patch_size, model_dim, num_layers, num_heads, mlp_dim, dropout=0.0,
-                 patch_stem="linear", output_positions=False, **kwargs):
+                 patch_stem="linear", output_positions=False, stem_hidden_dim=0, **kwargs):
         super().__init__(**kwargs)
         if num_layers < 0:
             raise ValueError(f"num_layers must be 0 or more, got {num_layers}")
@@ -196,6 +197,7 @@ class VisionEncoder(keras.layers.Layer):
         self.dropout = dropout
         self.patch_stem = patch_stem
         self.output_positions = bool(output_positions)
+        self.stem_hidden_dim = stem_hidden_dim
         if self.output_positions and model_dim % 4:
             raise ValueError(f"output_positions needs model_dim divisible by 4 (2-D sinusoidal encoding), got {model_dim}")
         self.num_patches = grid[0] * grid[1]
@@ -204,8 +206,8 @@ class VisionEncoder(keras.layers.Layer):
         if patch_stem == "linear":
             self.patch_encoder = PatchEncoder(self.num_patches, model_dim, dtype=policy, name="patch_encoder")
         else:
-            self.patch_encoder = ColourShapePatchEncoder(image_size, patch_size, model_dim, dtype=policy,
-                                                         name="patch_encoder")
+            self.patch_encoder = ColourShapePatchEncoder(image_size, patch_size, model_dim, hidden_dim=stem_hidden_dim,
+                                                         dtype=policy, name="patch_encoder")
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy)
         self.encoder_layers = [
             EncoderLayer(model_dim, num_heads, mlp_dim, dropout, dtype=policy, name=f"encoder_layer_{i}")
@@ -260,6 +262,7 @@ class VisionEncoder(keras.layers.Layer):
             "image_size": self.image_size, "patch_size": self.patch_size, "model_dim": self.model_dim,
             "num_layers": self.num_layers, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
             "dropout": self.dropout, "patch_stem": self.patch_stem, "output_positions": self.output_positions,
+            "stem_hidden_dim": self.stem_hidden_dim,
         })
         return config
 

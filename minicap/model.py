@@ -54,6 +54,7 @@ class CaptionConfig:
     # add the patch grid's 2-D sinusoidal encoding to the scratch encoder's output, where the decoder
     # reads it (positions added only at the input fade through the layers; relations need them)
     output_positions: bool = False
+    stem_hidden_dim: int = 0  # colour-shape stem: a GELU layer of this width before each projection (0: none)
 
     def __post_init__(self):
         if self.backbone == "scratch":
@@ -79,6 +80,8 @@ class CaptionConfig:
             raise ValueError(f"CaptionConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.patch_stem not in PATCH_STEMS:
             raise ValueError(f"CaptionConfig.patch_stem must be one of {list(PATCH_STEMS)}, got {self.patch_stem!r}")
+        if not isinstance(self.stem_hidden_dim, int) or self.stem_hidden_dim < 0:
+            raise ValueError(f"CaptionConfig.stem_hidden_dim must be an int >= 0, got {self.stem_hidden_dim!r}")
         if self.output_positions and self.encoder_width % 4:
             raise ValueError(f"CaptionConfig.output_positions needs an encoder width divisible by 4, got "
                              f"{self.encoder_width}")
@@ -185,7 +188,8 @@ class CaptionModel(keras.Model):
             self.encoder = VisionEncoder(
                 config.image_size, config.patch_size, config.encoder_width, config.encoder_layers,
                 config.encoder_num_heads, config.encoder_mlp_width, config.dropout, patch_stem=config.patch_stem,
-                output_positions=config.output_positions, dtype=policy, name="encoder")
+                output_positions=config.output_positions, stem_hidden_dim=config.stem_hidden_dim, dtype=policy,
+                name="encoder")
             if config.encoder_width != config.model_dim:
                 # As ViTBackbone does: the decoder attends to patch vectors of its own width.
                 self.encoder_projection = keras.layers.Dense(config.model_dim, dtype=policy,

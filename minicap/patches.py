@@ -167,6 +167,9 @@ class ColourShapePatchEncoder(keras.layers.Layer):
             foreground. Shapes objects differ from their background by 0.27 or more, pixel noise
             by about 0.04.
         sharpness: slope of the foreground sigmoid (per unit of contrast).
+        hidden_dim: width of a GELU layer before each projection (0: none, the projections are linear). A
+            hidden layer lets the shape stream recognise an outline wherever it sits in its patch,
+            before anything mixes shape with colour.
 
     Call arguments:
         images: ``(batch, image_size, image_size, 3)`` floats in [0, 1].
@@ -175,23 +178,27 @@ class ColourShapePatchEncoder(keras.layers.Layer):
         ``(batch, num_patches, projection_dim)`` with ``num_patches = (image_size / P)²``.
     """
 
-    def __init__(self, image_size, patch_size, projection_dim, threshold=0.15, sharpness=60.0, **kwargs):
+    def __init__(self, image_size, patch_size, projection_dim, threshold=0.15, sharpness=60.0, hidden_dim=0,
+                 **kwargs):
         super().__init__(**kwargs)
         grid = check_image_shape((None, image_size, image_size, 3), patch_size)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1) (a contrast of images in [0, 1]), got {threshold!r}")
         if sharpness <= 0:
             raise ValueError(f"sharpness must be positive, got {sharpness!r}")
+        if not isinstance(hidden_dim, int) or hidden_dim < 0:
+            raise ValueError(f"hidden_dim must be an int >= 0 (0: linear projections), got {hidden_dim!r}")
         self.image_size = image_size
         self.patch_size = patch_size
         self.projection_dim = projection_dim
         self.threshold = threshold
         self.sharpness = sharpness
+        self.hidden_dim = hidden_dim
         self.num_patches = grid[0] * grid[1]
         policy = self.dtype_policy
         self.patches = Patches(patch_size, dtype=policy, name="patches")
-        self.shape_projection = keras.layers.Dense(projection_dim, dtype=policy, name="shape_projection")
-        self.colour_projection = keras.layers.Dense(projection_dim, dtype=policy, name="colour_projection")
+        self.shape_projection = self._projection("shape_projection")
+        self.colour_projection = self._projection("colour_projection")
         self.grid = grid
 
     def build(self, input_shape):
@@ -201,6 +208,12 @@ class ColourShapePatchEncoder(keras.layers.Layer):
                 f"of shape {tuple(input_shape)}; expected (batch, {self.image_size}, {self.image_size}, 3)")
         self.shape_projection.build((None, self.num_patches, self.patch_size**2))
         self.colour_projection.build((None, self.num_patches, 3))
+
+    def _projection(self, name):
+        """A Dense projection to ``projection_dim``, after a GELU layer of ``hidden_dim`` if it is not 0."""
+        policy = self.dtype_policy
+        layers = [keras.layers.Dense(self.hidden_dim, activation="gelu", dtype=policy)] if self.hidden_dim else []
+        return keras.Sequential(layers + [keras.layers.Dense(self.projection_dim, dtype=policy)], name=name)
 
     def foreground(self, images):
         """The foreground map ``(batch, H, W, 1)`` of images ``(batch, H, W, 3)`` in [0, 1]."""
@@ -229,5 +242,5 @@ class ColourShapePatchEncoder(keras.layers.Layer):
         config = super().get_config()
         config.update({"image_size": self.image_size, "patch_size": self.patch_size,
                        "projection_dim": self.projection_dim, "threshold": self.threshold,
-                       "sharpness": self.sharpness})
+                       "sharpness": self.sharpness, "hidden_dim": self.hidden_dim})
         return config

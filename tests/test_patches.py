@@ -96,11 +96,12 @@ def _masks():
     return circle, square
 
 
-def test_colour_shape_encoder_separates_colour_from_shape():
+@pytest.mark.parametrize("hidden_dim", [0, 16])
+def test_colour_shape_encoder_separates_colour_from_shape(hidden_dim):
     circle, square = _masks()
     red, yellow = (0.84, 0.18, 0.16), (0.92, 0.8, 0.16)
     images = np.stack([_scene(circle, red), _scene(circle, yellow), _scene(square, red), _scene(square, yellow)])
-    layer = ColourShapePatchEncoder(24, 12, 8)
+    layer = ColourShapePatchEncoder(24, 12, 8, hidden_dim=hidden_dim)
     encoded = keras.ops.convert_to_numpy(layer(images))
     assert encoded.shape == (4, 4, 8)
     foreground = keras.ops.convert_to_numpy(layer.foreground(images))[..., 0]
@@ -125,8 +126,9 @@ def test_colour_shape_encoder_empty_patches_and_background():
     np.testing.assert_allclose(first[0, 0], second[0, 0], atol=1e-2)  # and so does the object's patch
 
 
-def test_colour_shape_encoder_round_trip(tmp_path):
-    layer = ColourShapePatchEncoder(24, 12, 8, threshold=0.2, sharpness=30.0, name="stem")
+@pytest.mark.parametrize("hidden_dim", [0, 16])
+def test_colour_shape_encoder_round_trip(tmp_path, hidden_dim):
+    layer = ColourShapePatchEncoder(24, 12, 8, threshold=0.2, sharpness=30.0, hidden_dim=hidden_dim, name="stem")
     check_layer(layer, [np.random.default_rng(0).random((2, 24, 24, 3)).astype("float32")], tmp_path, atol=1e-5)
 
 
@@ -137,5 +139,7 @@ def test_colour_shape_encoder_bad_arguments():
         ColourShapePatchEncoder(24, 8, 16, threshold=2.0)
     with pytest.raises(ValueError, match="sharpness must be positive"):
         ColourShapePatchEncoder(24, 8, 16, sharpness=0)
+    with pytest.raises(ValueError, match="hidden_dim must be an int >= 0"):
+        ColourShapePatchEncoder(24, 8, 16, hidden_dim=-1)
     with pytest.raises(ValueError, match=r"built for 24x24 RGB images got input of shape \(1, 32, 32, 3\)"):
         ColourShapePatchEncoder(24, 8, 16)(np.zeros((1, 32, 32, 3), "float32"))
