@@ -140,22 +140,22 @@ class PatchEncoder(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="minicap")
 class ColourShapePatchEncoder(keras.layers.Layer):
-    """A patch encoder that keeps *what shape* apart from *what colour* (chapters 1 and 5).
+    """A patch encoder that keeps *what shape* apart from *what colour* (chapter 5).
 
     The linear ``PatchEncoder`` projects raw pixels, so a yellow circle's vector is a product of
     its yellowness and its roundness: a model that never saw a yellow circle has never seen that
     vector. This encoder gives each patch the sum of two vectors, each blind to the other attribute:
 
     - **shape**: the image's background colour is estimated as its per-channel median (objects
-      cover a minority of the pixels; a sparse grid of them is enough); a pixel's *contrast* is its distance from it, and its
-      *foreground* value ``sigmoid(sharpness · (contrast - threshold))`` is about 1 on any object
+      cover a minority of the pixels; a sparse grid of them is enough); a pixel's *contrast* is
+      its distance from it, and its *foreground* value ``sigmoid(sharpness · (contrast - threshold))`` is about 1 on any object
       whatever its colour, and about 0 elsewhere. Each patch of that foreground map is projected
       by a ``Dense`` layer: the same outline gives the same vector in every colour.
     - **colour**: the foreground-weighted mean colour of the patch,
       ``sum(f · pixel) / (sum(f) + 1)``, projected by another ``Dense`` layer: the same colour
       gives nearly the same vector in every shape (and a patch without an object gives about 0).
 
-    plus a learned position embedding, as in ``PatchEncoder``. It is a *prior* about images made
+    plus the patch grid's fixed 2-D sinusoidal encoding (chapter 2). It is a *prior* about images made
     of flat-coloured objects on a plain background, such as the shapes scenes: chapter 5 shows
     that it lets a small model name colour-and-shape pairs it never saw in training.
 
@@ -167,8 +167,8 @@ class ColourShapePatchEncoder(keras.layers.Layer):
             foreground. Shapes objects differ from their background by 0.27 or more, pixel noise
             by about 0.04.
         sharpness: slope of the foreground sigmoid (per unit of contrast).
-        hidden_dim: width of a GELU layer before each projection (0: none, the projections are linear). A
-            hidden layer lets the shape stream recognise an outline wherever it sits in its patch,
+        hidden_dim: width of a GELU layer before each projection (0: none, the projections are
+            linear). A hidden layer lets the shape stream recognise an outline wherever it sits in its patch,
             before anything mixes shape with colour.
 
     Call arguments:

@@ -105,9 +105,8 @@ def model_config(config, vocab_size, pad_id):
         patch_size=config.patch_size, model_dim=config.model_dim, num_heads=config.num_heads,
         encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers, mlp_dim=config.mlp_dim,
         dropout=config.dropout, patch_stem=config.patch_stem, output_positions=config.output_positions,
-        stem_hidden_dim=config.stem_hidden_dim,
-        backbone=config.backbone,
-        freeze_backbone=config.freeze_backbone, pad_id=pad_id,
+        stem_hidden_dim=config.stem_hidden_dim, backbone=config.backbone, freeze_backbone=config.freeze_backbone,
+        pad_id=pad_id,
     )
 
 

@@ -126,24 +126,25 @@ def test_true_captions_are_faithful(caption):
 
 
 @pytest.mark.parametrize(
-    "caption, error",
+    "caption, error, kind",
     [
-        ("a large red circle", "the red circle is small, not large"),
-        ("a small red square", "no red square"),
-        ("a small red circle right of a large blue square", "is not right of"),
-        ("a small red circle below a small green triangle", "is not below"),
-        ("a small green triangle left of a large blue square", "is not left of"),
-        ("a small red circle left of", "expected 'a'"),
-        ("a small red blob", "expected a shape"),
-        ("the red circle", "expected 'a'"),
-        ("", "expected 'a'"),
-        ("a small red circle a blue square", "expected 'and'"),
+        ("a large red circle", "the red circle is small, not large", "wrong size"),
+        ("a small red square", "no red square", "wrong object"),
+        ("a small red circle right of a large blue square", "is not right of", "wrong relation"),
+        ("a small red circle below a small green triangle", "is not below", "wrong relation"),
+        ("a small green triangle left of a large blue square", "is not left of", "wrong relation"),
+        ("a small red circle left of", "expected 'a'", "unparsable"),
+        ("a small red blob", "expected a shape", "unparsable"),
+        ("the red circle", "expected 'a'", "unparsable"),
+        ("", "expected 'a'", "unparsable"),
+        ("a small red circle a blue square", "expected 'and'", "unparsable"),
     ],
 )
-def test_false_or_unparseable_captions(caption, error):
+def test_false_or_unparseable_captions(caption, error, kind):
     result = check_caption(caption, _scene())
     assert not result.faithful
     assert any(error in e for e in result.errors), result.errors
+    assert len(result.error_kinds) == len(result.errors) and kind in result.error_kinds, result.error_kinds
 
 
 def test_mentions_and_completeness():

@@ -19,6 +19,7 @@ class CaptionCheck:
         faithful: every stated object (shape, colour, size) and relation is true of the scene,
             and the caption parses and names at least one object.
         errors: what is wrong, in words.
+        error_kinds: the kind of each error, in the same order: one of ``ERROR_KINDS``.
         mentions: ``(word_index, object_index)`` for each object phrase that names an object of
             the scene: the index of its shape noun in ``caption.split()`` and the object's index.
         complete: every object of the scene is mentioned (a faithful caption may leave some out).
@@ -28,6 +29,12 @@ class CaptionCheck:
     errors: list
     mentions: list
     complete: bool
+    error_kinds: list = dataclasses.field(default_factory=list)
+
+
+# What can be wrong with a caption: it does not parse; it names an object the scene lacks; it gives an
+# object the wrong size; it names several objects at once; it states a false relation.
+ERROR_KINDS = ("unparsable", "wrong object", "wrong size", "ambiguous", "wrong relation")
 
 
 def _parse_object(words, i):
@@ -87,21 +94,21 @@ def parse_caption(caption):
 
 
 def _resolve(phrase, scene, errors):
-    """Index of the object ``phrase`` names, or None (with the reason appended to ``errors``)."""
+    """Index of the object ``phrase`` names, or None (with ``(kind, reason)`` appended to ``errors``)."""
     size, colour, shape, _ = phrase
     named = f"a {size + ' ' if size else ''}{colour} {shape}"
     matches = [k for k, o in enumerate(scene.objects) if o.colour == colour and o.shape == shape]
     if size is not None:
         same_size = [k for k in matches if scene.objects[k].size == size]
         if matches and not same_size:
-            errors.append(f"{named}: the {colour} {shape} is {scene.objects[matches[0]].size}, not {size}")
+            errors.append(("wrong size", f"{named}: the {colour} {shape} is {scene.objects[matches[0]].size}, not {size}"))
             return None
         matches = same_size
     if not matches:
-        errors.append(f"{named}: there is no {colour} {shape} in the scene")
+        errors.append(("wrong object", f"{named}: there is no {colour} {shape} in the scene"))
         return None
     if len(matches) > 1:
-        errors.append(f"{named}: ambiguous, {len(matches)} objects match")
+        errors.append(("ambiguous", f"{named}: ambiguous, {len(matches)} objects match"))
         return None
     return matches[0]
 
@@ -117,7 +124,7 @@ def check_caption(caption, scene):
     try:
         clauses = parse_caption(caption)
     except ValueError as error:
-        return CaptionCheck(False, [f"cannot parse {caption!r}: {error}"], [], False)
+        return CaptionCheck(False, [f"cannot parse {caption!r}: {error}"], [], False, ["unparsable"])
     errors, mentions = [], []
     for first, relation, second in clauses:
         a = _resolve(first, scene, errors)
@@ -128,13 +135,14 @@ def check_caption(caption, scene):
         if relation is None or a is None or b is None:
             continue
         if a == b:
-            errors.append(f"{describe(scene.objects[a])} cannot be {relation} itself")
+            errors.append(("wrong relation", f"{describe(scene.objects[a])} cannot be {relation} itself"))
         elif relation not in true_relations(scene.objects[a], scene.objects[b], scene.image_size):
             errors.append(
-                f"{describe(scene.objects[a])} is not {relation} {describe(scene.objects[b])}"
+                ("wrong relation", f"{describe(scene.objects[a])} is not {relation} {describe(scene.objects[b])}")
             )
     complete = {k for _, k in mentions} == set(range(len(scene.objects)))
-    return CaptionCheck(not errors and bool(mentions), errors, mentions, complete)
+    kinds, messages = [kind for kind, _ in errors], [message for _, message in errors]
+    return CaptionCheck(not errors and bool(mentions), messages, mentions, complete, kinds)
 
 
 def faithfulness_rate(captions, scenes):
