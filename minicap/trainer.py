@@ -43,6 +43,7 @@ class TrainConfig:
     warmup_steps: int = 300          # learning-rate warm-up (TransformerSchedule)
     lr_scale: float = 1.0            # multiplies the schedule's learning rate
     label_smoothing: float = 0.0     # ε of the masked cross-entropy
+    weight_decay: float = 0.0        # AdamW's decoupled weight decay of the weight matrices (0: Adam)
     word_dropout: float = 0.0        # chance of replacing each decoder input word by [UNK] (training only)
     mixed_precision: bool = False    # bfloat16 (float16 on GPUs older than Ampere), float32 weights
     jit_compile: str = "auto"        # XLA: "auto" (Keras decides), "on" or "off"
@@ -200,7 +201,8 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     tokenizer = Tokenizer.fit([c for refs in train_split.captions for c in refs])
     model = CaptionModel(model_config(config, len(tokenizer), tokenizer.pad_id))
     compile_model(model, tokenizer.pad_id, config.warmup_steps, config.lr_scale, config.label_smoothing,
-                  jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile])
+                  jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
+                  weight_decay=config.weight_decay)
     batches = CaptionBatches(train_split.images, train_split.captions, tokenizer, config.max_length,
                              config.batch_size, shuffle=True, seed=config.seed, word_dropout=config.word_dropout)
     val_batches = CaptionBatches(val_split.images, val_split.captions, tokenizer, config.max_length,

@@ -115,17 +115,34 @@ class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"model_dim": self.model_dim, "warmup_steps": self.warmup_steps, "scale": self.scale}
 
 
-def make_optimizer(model_dim, warmup_steps=4000, scale=1.0, clipnorm=1.0):
-    """Adam with the paper's β₁ = 0.9, β₂ = 0.98, ε = 1e-9, on the warm-up schedule."""
+# Not decayed by AdamW: biases, LayerNorm scales and offsets, and embedding tables, matched by name (a Keras
+# variable's "bias" on JAX; TensorFlow's optimizer sees the tf.Variable's "caption_model/.../bias:0").
+_NO_DECAY = [r"(^|/)(bias|gamma|beta|embeddings)(:\d+)?$"]
+
+
+def make_optimizer(model_dim, warmup_steps=4000, scale=1.0, clipnorm=1.0, weight_decay=0.0):
+    """Adam with the paper's β₁ = 0.9, β₂ = 0.98, ε = 1e-9, on the warm-up schedule.
+
+    With ``weight_decay`` > 0 it is AdamW (decoupled decay: each step multiplies every weight matrix
+    by ``1 - learning_rate * weight_decay``); biases, norms and embeddings are not decayed.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be at least 0, got {weight_decay}")
     schedule = TransformerSchedule(model_dim, warmup_steps, scale)
-    return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9, clipnorm=clipnorm)
+    adam = dict(beta_1=0.9, beta_2=0.98, epsilon=1e-9, clipnorm=clipnorm)
+    if not weight_decay:
+        return keras.optimizers.Adam(schedule, **adam)
+    return keras.optimizers.AdamW(schedule, weight_decay=weight_decay, **adam)
 
 
 def compile_model(model, pad_id=0, warmup_steps=4000, lr_scale=1.0, label_smoothing=0.0,
-                  jit_compile="auto"):
-    """Compile a CaptionModel with the masked loss, masked accuracy and the scheduled Adam."""
+                  jit_compile="auto", weight_decay=0.0):
+    """Compile a CaptionModel with the masked loss, masked accuracy and the scheduled Adam(W)."""
+    optimizer = make_optimizer(model.config.model_dim, warmup_steps, lr_scale, weight_decay=weight_decay)
+    if weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
     model.compile(
-        optimizer=make_optimizer(model.config.model_dim, warmup_steps, lr_scale),
+        optimizer=optimizer,
         loss=MaskedSparseCrossEntropy(pad_id, label_smoothing),
         metrics=[MaskedAccuracy(pad_id)],
         jit_compile=jit_compile,

@@ -81,6 +81,33 @@ def test_optimizer_has_the_papers_betas():
     assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.9, 0.98, 1e-9)
 
 
+def test_weight_decay_makes_adamw_and_is_checked():
+    assert type(make_optimizer(64, 10)) is keras.optimizers.Adam
+    optimizer = make_optimizer(64, 10, weight_decay=0.1)
+    assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == 0.1
+    with pytest.raises(ValueError, match="weight_decay"):
+        make_optimizer(64, 10, weight_decay=-0.1)
+
+
+def test_weight_decay_shrinks_weight_matrices_only():
+    from minicap.model import CaptionConfig, CaptionModel
+    from minicap.training import compile_model
+
+    model = CaptionModel(CaptionConfig(vocab_size=12, max_length=6, image_size=16, patch_size=8, model_dim=16,
+                                       num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32))
+    compile_model(model, warmup_steps=10, weight_decay=0.5)
+    for variable in model.trainable_variables:  # non-zero everywhere, so any decay shows
+        variable.assign(keras.ops.ones(variable.shape))
+    before = {v.path: numpy(v) for v in model.trainable_variables}
+    rate = float(numpy(model.optimizer.learning_rate))
+    zeros = [keras.ops.zeros(v.shape) for v in model.trainable_variables]
+    model.optimizer.apply_gradients(zip(zeros, model.trainable_variables))  # Adam's own step is 0 here
+    for variable in model.trainable_variables:
+        factor = numpy(variable) / before[variable.path]
+        decayed = variable.name == "kernel"
+        np.testing.assert_allclose(factor, 1 - rate * 0.5 if decayed else 1.0, rtol=1e-5, err_msg=variable.path)
+
+
 def test_loss_round_trips_through_config():
     loss = MaskedSparseCrossEntropy(pad_id=3, label_smoothing=0.1)
     clone = keras.losses.deserialize(keras.losses.serialize(loss))
