@@ -14,11 +14,10 @@ class UserError(Exception):
     """A problem with the command's input, reported as one line."""
 
 
-def _train(args):
-    from minicap import trainer
-
+def parse_overrides(items):
+    """``{name: value}`` of ``--set NAME=VALUE`` items: numbers and true/false as JSON, anything else a string."""
     overrides = {}
-    for item in args.set or []:
+    for item in items or []:
         key, _, value = item.partition("=")
         if not value:
             raise UserError(f"--set expects NAME=VALUE, got {item!r}")
@@ -26,6 +25,13 @@ def _train(args):
             overrides[key] = json.loads(value)  # numbers, true/false
         except json.JSONDecodeError:
             overrides[key] = value  # plain words, e.g. --set backbone=vit-b32
+    return overrides
+
+
+def _train(args):
+    from minicap import trainer
+
+    overrides = parse_overrides(args.set)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.dataset:
