@@ -132,17 +132,16 @@ def make_optimizer(model_dim, warmup_steps=4000, scale=1.0, clipnorm=1.0, weight
     adam = dict(beta_1=0.9, beta_2=0.98, epsilon=1e-9, clipnorm=clipnorm)
     if not weight_decay:
         return keras.optimizers.Adam(schedule, **adam)
-    return keras.optimizers.AdamW(schedule, weight_decay=weight_decay, **adam)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay, **adam)
+    optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
+    return optimizer
 
 
 def compile_model(model, pad_id=0, warmup_steps=4000, lr_scale=1.0, label_smoothing=0.0,
                   jit_compile="auto", weight_decay=0.0):
     """Compile a CaptionModel with the masked loss, masked accuracy and the scheduled Adam(W)."""
-    optimizer = make_optimizer(model.config.model_dim, warmup_steps, lr_scale, weight_decay=weight_decay)
-    if weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
     model.compile(
-        optimizer=optimizer,
+        optimizer=make_optimizer(model.config.model_dim, warmup_steps, lr_scale, weight_decay=weight_decay),
         loss=MaskedSparseCrossEntropy(pad_id, label_smoothing),
         metrics=[MaskedAccuracy(pad_id)],
         jit_compile=jit_compile,

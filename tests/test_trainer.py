@@ -72,6 +72,15 @@ def test_same_seed_same_loss_curve(tmp_path):
     assert not np.allclose(first, other, rtol=1e-3)
 
 
+def test_weight_decay_trains_with_adamw(tmp_path):
+    plain = trainer.train(tiny(epochs=1), tmp_path / "plain", verbose=0)
+    decayed = trainer.train(tiny(epochs=1, weight_decay=0.5), tmp_path / "decayed", verbose=0)
+    assert isinstance(decayed.model.optimizer, keras.optimizers.AdamW)
+    assert not isinstance(plain.model.optimizer, keras.optimizers.AdamW)
+    assert decayed.history["loss"][0] == pytest.approx(plain.history["loss"][0], rel=1e-6)  # same start
+    assert not np.allclose(decayed.history["loss"], plain.history["loss"], rtol=1e-4)  # then the decay shows
+
+
 @pytest.mark.parametrize("crash_step", [3, 12])  # mid-epoch (between checkpoints), and at an epoch's end
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, crash_step):
     # Without dropout, a resumed run is the uninterrupted run exactly: same weights, optimizer state
