@@ -26,18 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minicap import trainer  # noqa: E402
 from minicap.cli import UserError, parse_overrides  # noqa: E402
 from minicap.data.shapes import check_caption, make_shapes  # noqa: E402
-from minicap.generate import Generator  # noqa: E402
+from minicap.evaluate import evaluate_shapes  # noqa: E402
 
 
 def faithfulness(result, config, split, num, seed):
     """``(rate, errors by kind)`` of ``result``'s greedy captions on ``num`` new scenes of ``split``."""
     scenes = make_shapes(num, split=split, seed=seed, image_size=config.image_size, max_objects=config.max_objects)
-    tokenizer = result.tokenizer
-    generator = Generator(result.model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
-    captions = tokenizer.decode_batch(generator.greedy(scenes.images.astype("float32") / 255.0))
-    checks = [check_caption(caption, scene) for caption, scene in zip(captions, scenes.scenes)]
-    kinds = Counter(kind for check in checks for kind in set(check.error_kinds))
-    return sum(check.faithful for check in checks) / len(checks), kinds
+    metrics, captions = evaluate_shapes(result.model, result.tokenizer, scenes)
+    kinds = Counter(kind for caption, scene in zip(captions, scenes.scenes)
+                    for kind in set(check_caption(caption, scene).error_kinds))
+    return metrics["faithfulness"], kinds
 
 
 def main(argv=None):
