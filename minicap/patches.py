@@ -148,9 +148,11 @@ class ColourShapePatchEncoder(keras.layers.Layer):
 
     - **shape**: the image's background colour is estimated as its per-channel median (objects
       cover a minority of the pixels; a sparse grid of them is enough); a pixel's *contrast* is
-      its distance from it, and its *foreground* value ``sigmoid(sharpness · (contrast - threshold))`` is about 1 on any object
-      whatever its colour, and about 0 elsewhere. Each patch of that foreground map is projected
-      by a ``Dense`` layer: the same outline gives the same vector in every colour.
+      its distance from it, and its *foreground* value
+      ``sigmoid(sharpness · (contrast - threshold))`` is about 1 on any object whatever its
+      colour, and about 0 elsewhere. Each patch of that foreground map is projected by a
+      ``Dense`` layer (after a hidden layer, if ``hidden_dim``): the same outline gives the same
+      vector in every colour.
     - **colour**: the foreground-weighted mean colour of the patch,
       ``sum(f · pixel) / (sum(f) + 1)``, projected by another ``Dense`` layer: the same colour
       gives nearly the same vector in every shape (and a patch without an object gives about 0).
@@ -168,8 +170,8 @@ class ColourShapePatchEncoder(keras.layers.Layer):
             by about 0.04.
         sharpness: slope of the foreground sigmoid (per unit of contrast).
         hidden_dim: width of a GELU layer before each projection (0: none, the projections are
-            linear). A hidden layer lets the shape stream recognise an outline wherever it sits in its patch,
-            before anything mixes shape with colour.
+            linear). A hidden layer lets the shape stream recognise an outline wherever it sits in
+            its patch, before anything mixes shape with colour.
 
     Call arguments:
         images: ``(batch, image_size, image_size, 3)`` floats in [0, 1].
