@@ -5,13 +5,15 @@ Run from the repository root with any Python >= 3.10; it creates ``.venv`` on fi
     python3 -m minicap.dev book     # set up, then build the rendered book into _build/html
     python3 -m minicap.dev test     # set up, then run the whole test suite (both Keras backends)
 
-Other commands: ``setup`` (only the environment), ``book --executed DIR`` (build the book from
-notebooks that were already executed, e.g. by the test suite's papermill run, without running
-them again), ``browser`` (open every built page in headless Chromium and check it).
+The book command executes each notebook through jupyter-book's cache, which the test command's
+nbval run fills: after the tests, the book reuses the notebooks they executed; on a fresh machine it
+executes them itself. Other commands: ``setup`` (only the environment), ``browser`` (open every
+built page in headless Chromium and check it).
 """
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BUILD = ROOT / "_build"
-EXECUTED = BUILD / "executed"  # where the test suite's papermill run leaves executed notebooks
+JUPYTER_CACHE = BUILD / ".jupyter_cache"  # jupyter-book's execution cache (see book())
 
 
 def venv_python():
@@ -55,46 +57,101 @@ def setup(extras="book,test,browser,vit"):
 def test(pytest_args=()):
     """The whole suite: everything on TensorFlow (package, nbval, papermill), the package on JAX."""
     python = setup()
-    run(python, "-m", "pytest", "tests", "book", "--nbval-lax", "-p", "no:cacheprovider", *pytest_args,
+    run(python, "-m", "pytest", "tests", "book", "--nbval-lax", "-p", "no:cacheprovider", "-p", "tests.notebook_cache",
+        *pytest_args,
         env={"KERAS_BACKEND": "tensorflow"})
     run(python, "-m", "pytest", "tests", "-m", "not notebook and not browser", "-p", "no:cacheprovider",
         *pytest_args, env={"KERAS_BACKEND": "jax"})
 
 
-def _staged_source(executed):
-    """Copy the book's sources into _build/stage with the executed notebooks in place of the sources.
+def toc_documents(root=ROOT):
+    """The documents of ``_toc.yml`` (paths relative to ``root``, with their suffix), in reading order."""
+    import yaml  # installed with jupyter-book
 
-    Returns the staging directory. Fails if a notebook of the table of contents was not executed.
+    toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
+    names = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                names.append(entry["file"])
+            for key in ("sections", "chapters", "parts"):
+                walk(entry.get(key))
+
+    walk(toc.get("parts"))
+    walk(toc.get("chapters"))
+    documents = []
+    for name in names:
+        found = [Path(name + suffix) for suffix in ("", ".ipynb", ".md") if (Path(root) / (name + suffix)).is_file()]
+        if not found:
+            sys.exit(f"_toc.yml names {name!r}, but there is no {name}.ipynb or {name}.md")
+        documents.append(found[0].as_posix())
+    return documents
+
+
+# Files under book/ that are neither documents nor assets: run directories, build output, editor state.
+_NOT_ASSETS = ("runs", "_build", ".*", "__pycache__", "*.pyc", "*.ipynb", "*.md")
+
+
+def stage_book(stage, root=ROOT):
+    """Copy exactly what the book is built from into ``stage``: the configuration, the documents of
+    ``_toc.yml`` and the assets under ``book/`` (bibliography, local Sphinx extension, images).
+
+    jupyter-book reads every source file under the folder it builds, hidden folders included, so a
+    build from the repository root would also read (and execute) the notebooks of a virtual
+    environment kept there. Built from the stage, it reads the book and nothing else. Returns the
+    set of staged paths, relative to ``stage``.
     """
-    stage = BUILD / "stage"
+    root, stage = Path(root), Path(stage)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    for name in ("_toc.yml",):
-        shutil.copy(ROOT / name, stage / name)
-    config = (ROOT / "_config.yml").read_text()
-    config = config.replace("execute_notebooks: cache", "execute_notebooks: \"off\"")
-    (stage / "_config.yml").write_text(config)
-    shutil.copytree(ROOT / "book", stage / "book",
-                    ignore=shutil.ignore_patterns("*.ipynb", "runs", "_build", ".ipynb_checkpoints"))
-    for source in sorted((ROOT / "book").glob("*.ipynb")):
-        done = Path(executed) / source.name
-        if not done.exists():
-            sys.exit(f"{done} is missing: run the test suite first, or build without --executed")
-        notebook = json.loads(done.read_text())
-        for cell in notebook["cells"]:
-            tags = cell.get("metadata", {}).get("tags", [])
-            if "injected-parameters" in tags:  # papermill's cell: keep it out of the rendered page
-                cell["metadata"]["tags"] = tags + ["remove-cell"]
-        (stage / "book" / source.name).write_text(json.dumps(notebook, indent=1))
-    return stage
+    staged = {"_config.yml", "_toc.yml", *toc_documents(root)}
+    for directory, subdirectories, files in os.walk(root / "book"):
+        subdirectories[:] = [d for d in subdirectories if not any(Path(d).match(p) for p in _NOT_ASSETS)]
+        for name in files:
+            if not any(Path(name).match(p) for p in _NOT_ASSETS):
+                staged.add((Path(directory) / name).relative_to(root).as_posix())
+    for document in toc_documents(root):
+        staged |= included_files(root, document)
+    for relative in sorted(staged):
+        (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / relative, stage / relative)
+    return staged
 
 
-def book(executed=None):
-    """Build the rendered book into _build/html, with warnings as errors."""
+_INCLUDE = re.compile(r"^\s*(?:```+|:::+)\s*\{(?:literalinclude|include)\}\s+(\S+)", re.MULTILINE)
+
+
+def included_files(root, document):
+    """The files a document pulls in with ``{literalinclude}`` or ``{include}`` (e.g. an excerpt of
+    minicap's code), relative to ``root``; an include that names a missing file is an error."""
+    root = Path(root)
+    text = (root / document).read_text(encoding="utf-8")
+    if document.endswith(".ipynb"):
+        text = "\n".join("".join(cell["source"]) for cell in json.loads(text)["cells"] if cell["cell_type"] == "markdown")
+    found = set()
+    for target in _INCLUDE.findall(text):
+        path = ((root / document).parent / target).resolve()
+        if not path.is_file() or root.resolve() not in path.parents:
+            sys.exit(f"{document} includes {target!r}, which is not a file inside the repository")
+        found.add(path.relative_to(root.resolve()).as_posix())
+    return found
+
+
+def book():
+    """Build the rendered book into _build/html, with warnings as errors.
+
+    The notebooks are executed through jupyter-book's cache (``_build/.jupyter_cache``): a notebook
+    whose code has not changed since its last execution is not run again. The test suite's nbval
+    run stores the notebooks it executed there (tests/notebook_cache.py), so after
+    ``python3 -m minicap.dev test`` the book reuses them; on a machine where the tests never ran, the
+    cache is empty and the build executes every chapter itself.
+    """
     python = setup()
-    source = _staged_source(executed) if executed else ROOT
+    stage = BUILD / "stage"
+    stage_book(stage)
     jupyter_book = python.parent / ("jupyter-book.exe" if os.name == "nt" else "jupyter-book")
-    run(jupyter_book, "build", source, "--path-output", ROOT, "-W", "--keep-going")
+    run(jupyter_book, "build", stage, "--path-output", ROOT, "-W", "--keep-going")
     print(f"the book is at {BUILD / 'html' / 'index.html'}")
 
 
@@ -124,9 +181,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("setup", help="create .venv and install minicap with its extras")
-    build = commands.add_parser("book", help="build the rendered book into _build/html")
-    build.add_argument("--executed", metavar="DIR",
-                       help=f"reuse notebooks already executed into DIR (e.g. {EXECUTED.relative_to(ROOT)})")
+    commands.add_parser("book", help="build the rendered book into _build/html")
     tests = commands.add_parser("test", help="run the whole test suite")
     tests.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
     commands.add_parser("browser", help="check the built book in headless Chromium")
@@ -134,7 +189,7 @@ def main(argv=None):
     if args.command == "setup":
         setup()
     elif args.command == "book":
-        book(args.executed)
+        book()
     elif args.command == "test":
         test(args.pytest_args)
     else:

@@ -1,0 +1,107 @@
+"""The developer tasks: the book is built from the files of _toc.yml and their assets only, and the
+notebooks the test suite executes reach jupyter-book's cache."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minicap import dev
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = {"_config.yml", "_toc.yml", "book/references.bib", "book/_ext/minicap_sphinx.py"}
+
+
+def _write(path, text="x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_the_book_is_staged_from_its_table_of_contents_and_assets_only(tmp_path):
+    staged = dev.stage_book(tmp_path / "stage")
+    documents = set(dev.toc_documents())
+    included = set().union(*(dev.included_files(ROOT, document) for document in documents))
+    assert documents <= staged and ASSETS <= staged and included <= staged
+    extra = staged - documents - ASSETS - included
+    assert not extra, f"the book build would read files outside _toc.yml: {sorted(extra)}"
+    on_disk = {p.relative_to(tmp_path / "stage").as_posix() for p in (tmp_path / "stage").rglob("*") if p.is_file()}
+    assert on_disk == staged
+
+
+def test_virtual_environments_and_runs_inside_the_repository_are_never_read(tmp_path):
+    """A repository with a venv (under any name), run directories, build output, checkpoints and stray
+    notebooks: only the table of contents' documents and the book's assets are staged."""
+    repo = tmp_path / "repo"
+    for relative in ["_config.yml", "_toc.yml", *dev.toc_documents(), *sorted(ASSETS - {"_config.yml", "_toc.yml"})]:
+        _write(repo / relative, (ROOT / relative).read_text())
+    junk = [".venv/lib/python3.11/site-packages/papermill/tests/notebooks/simple_execute.ipynb",
+            "myenv/lib/python3.11/site-packages/nbval/tests/test.ipynb", "myenv/pyvenv.cfg",
+            "book/runs/quick/history.json", "book/runs/notes.md", "runs/quick/model.keras",
+            "_build/html/index.html", "book/.ipynb_checkpoints/01_patches-checkpoint.ipynb",
+            "book/draft.ipynb", "book/scratch.md", "notes.md", "book/__pycache__/x.pyc"]
+    for relative in junk:
+        _write(repo / relative)
+    _write(repo / "book/images/figure.png")  # an asset a page may include
+    staged = dev.stage_book(tmp_path / "stage", root=repo)
+    assert staged == set(dev.toc_documents(repo)) | ASSETS | {"book/images/figure.png"}
+
+
+def test_a_table_of_contents_entry_without_a_file_is_an_error(tmp_path):
+    _write(tmp_path / "_toc.yml", "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/missing\n")
+    _write(tmp_path / "book/intro.md", "# Intro\n")
+    with pytest.raises(SystemExit, match="book/missing"):
+        dev.toc_documents(tmp_path)
+
+
+def _notebook(cells):
+    return {"cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [],
+                       "source": source} for i, source in enumerate(cells)],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.mark.slow
+def test_notebooks_nbval_executes_go_into_the_jupyter_cache_and_failed_ones_do_not(tmp_path):
+    pytest.importorskip("nbval")
+    jupyter_cache = pytest.importorskip("jupyter_cache")
+    import nbformat
+
+    good, bad = tmp_path / "good.ipynb", tmp_path / "bad.ipynb"
+    good.write_text(json.dumps(_notebook(["x = 6 * 7", "print(x)"])))
+    bad.write_text(json.dumps(_notebook(["print('before')", "raise ValueError('broken')"])))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MINICAP_JUPYTER_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", str(good), str(bad), "--nbval-lax", "-p", "tests.notebook_cache",
+         "-p", "no:cacheprovider", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert completed.returncode == 1, completed.stdout  # the bad notebook fails
+    stored = jupyter_cache.get_cache(str(cache))
+    record = stored.match_cache_notebook(nbformat.read(str(good), as_version=4))
+    outputs = stored.get_cache_bundle(record.pk).nb.cells[1].outputs
+    assert outputs[0]["text"] == "42\n"  # what the cell printed, for the rendered page
+    with pytest.raises(KeyError):
+        stored.match_cache_notebook(nbformat.read(str(bad), as_version=4))
+    changed = _notebook(["x = 6 * 8", "print(x)"])  # new code: the book must execute it again
+    with pytest.raises(KeyError):
+        stored.match_cache_notebook(nbformat.from_dict(changed))
+
+
+def test_files_a_chapter_includes_are_staged_with_it(tmp_path):
+    repo = tmp_path / "repo"
+    for relative in ["_config.yml", "_toc.yml", *dev.toc_documents(), *sorted(ASSETS - {"_config.yml", "_toc.yml"})]:
+        _write(repo / relative, (ROOT / relative).read_text())
+    _write(repo / "minicap/patches.py", "# [start-patches]\nx = 1\n# [end-patches]\n")
+    _write(repo / "minicap/other.py")
+    notebook = json.loads((repo / "book/01_patches.ipynb").read_text())
+    notebook["cells"].append({"cell_type": "markdown", "metadata": {}, "id": "inc",
+                              "source": ["```{literalinclude} ../minicap/patches.py\n", ":start-after: [start-patches]\n",
+                                         ":end-before: [end-patches]\n", "```\n"]})
+    (repo / "book/01_patches.ipynb").write_text(json.dumps(notebook))
+    staged = dev.stage_book(tmp_path / "stage", root=repo)
+    assert "minicap/patches.py" in staged and "minicap/other.py" not in staged
+    notebook["cells"][-1]["source"][0] = "```{literalinclude} ../minicap/missing.py\n"
+    (repo / "book/01_patches.ipynb").write_text(json.dumps(notebook))
+    with pytest.raises(SystemExit, match="missing.py"):
+        dev.stage_book(tmp_path / "stage", root=repo)
