@@ -7,7 +7,9 @@ pip never replaces the TensorFlow and Keras that Colab ships, then the few small
 vit-keras 0.2.0 (the pretrained ViT backbone): that release declares ``Python <3.12`` while Colab
 runs a newer Python, so there it is installed with ``--ignore-requires-python`` (its code runs on
 3.12+; its dependencies scipy and opencv are on Colab already, validators is installed here).
-Anywhere else the cell installs nothing.
+Anywhere else the cell installs nothing. The cell carries jupyter-book's ``remove-cell`` tag: the
+rendered page leaves out this pip plumbing (the cell still runs when the book is built), while Colab,
+which ignores tags, shows and runs it.
 
 Keep the notebooks in line with this module::
 
@@ -29,6 +31,8 @@ COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 SMALL_DEPENDENCIES = ["numpy", "matplotlib", "pillow", "tqdm"]
 VIT_KERAS = "vit-keras==0.2.0"
 VIT_KERAS_DEPENDENCIES = ["validators"]  # its others, scipy and opencv (cv2), come with Colab
+# jupyter-book's cell tag that keeps the setup cell off the rendered page (it still runs there).
+SETUP_CELL_TAGS = ["remove-cell"]
 
 def repository_url():
     """The repository's web address, e.g. ``https://github.com/minicap-book/minicap``."""
@@ -96,7 +100,8 @@ def canonical_notebook(notebook, notebook_name):
     """Return a copy of a notebook (as JSON data) with the canonical badge line and setup cell.
 
     The badge replaces the first cell's line that shows a Colab badge, or is put after that cell's
-    title line when it has none; the second cell's source becomes `SETUP_CELL` with no outputs.
+    title line when it has none; the second cell's source becomes `SETUP_CELL` with no outputs,
+    tagged with `SETUP_CELL_TAGS` (any other tags it has are kept).
     """
     cells = notebook.get("cells", [])
     if len(cells) < 2 or cells[0].get("cell_type") != "markdown" or cells[1].get("cell_type") != "code":
@@ -116,6 +121,9 @@ def canonical_notebook(notebook, notebook_name):
     setup_cell["source"] = _source_lines(SETUP_CELL.rstrip("\n"))
     setup_cell["outputs"] = []
     setup_cell["execution_count"] = None
+    metadata = setup_cell.setdefault("metadata", {})
+    tags = list(metadata.get("tags", []))
+    metadata["tags"] = tags + [tag for tag in SETUP_CELL_TAGS if tag not in tags]
     return notebook
 
 

@@ -139,6 +139,7 @@ def test_sync_notebooks_rewrites_badge_and_setup_cell(tmp_path):
         assert badge_lines == [colab.badge(path.name)], path.name
         assert "".join(setup["source"]) == colab.SETUP_CELL.rstrip("\n")
         assert setup["outputs"] == [] and setup["execution_count"] is None
+        assert setup["metadata"]["tags"].count("remove-cell") == 1, path.name  # off the rendered page
         assert title.startswith("# Chapter")
     stale_title = "".join(json.loads((tmp_path / "09_stale.ipynb").read_text())["cells"][0]["source"])
     assert stale_title.endswith("\n\nText.") and "someone/else" not in stale_title
@@ -147,6 +148,21 @@ def test_sync_notebooks_rewrites_badge_and_setup_cell(tmp_path):
     # Already canonical now: a second pass and a check change nothing.
     assert colab.sync_notebooks(tmp_path) == []
     assert colab.main(["sync", "--check", str(tmp_path)]) == 0
+
+
+def test_setup_cell_is_left_off_the_rendered_page_and_other_tags_are_kept():
+    notebook = notebook_with("# Chapter 1: Patches", "pass")
+    notebook["cells"][1]["metadata"] = {"tags": ["hide-output"], "scrolled": True}
+    setup = colab.canonical_notebook(notebook, "01_patches.ipynb")["cells"][1]
+    assert colab.SETUP_CELL_TAGS == ["remove-cell"]  # jupyter-book's tag: the cell runs, the page omits it
+    assert setup["metadata"] == {"tags": ["hide-output", "remove-cell"], "scrolled": True}
+    assert colab.canonical_notebook({**notebook, "cells": [notebook["cells"][0], setup]},
+                                    "01_patches.ipynb")["cells"][1]["metadata"]["tags"].count("remove-cell") == 1
+
+
+def test_the_book_notebooks_are_in_sync():
+    """Every chapter's badge and setup cell (its tag included) are canonical: run the sync if not."""
+    assert colab.sync_notebooks(ROOT / "book", check=True) == []
 
 
 def test_sync_check_reports_without_writing(tmp_path):
