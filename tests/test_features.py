@@ -101,8 +101,8 @@ def test_any_change_of_key_computes_anew(tmp_path, change):
     assert len(recorder.seen) == 4
     assert len(list_feature_caches(tmp_path / "cache")) == 2
     if change == "paths":
-        np.testing.assert_array_equal(features[0], cached_features(Recorder(), **arguments, cache_dir=tmp_path / "cache",
-                                                                   progress=False)[3])
+        original = cached_features(Recorder(), **arguments, cache_dir=tmp_path / "cache", progress=False)
+        np.testing.assert_array_equal(features[0], original[3])
 
 
 KILL_SCRIPT = """
@@ -141,13 +141,16 @@ def test_killed_run_resumes_from_its_last_chunk(tmp_path):
 
 def test_interrupted_first_chunk_starts_again(tmp_path):
     paths = _images(tmp_path / "images", 6)
+    chunks = {"batch_size": 2, "chunk_images": 4, "progress": False}
     with pytest.raises(RuntimeError, match="interrupted"):
-        cached_features(Recorder(fail_at=2), paths, SIZE, tmp_path, DESCRIBE, batch_size=2, chunk_images=4, progress=False)
+        cached_features(Recorder(fail_at=2), paths, SIZE, tmp_path, DESCRIBE, **chunks)
     assert list_feature_caches(tmp_path) == []  # no record: nothing reads as done
+    first = Recorder(fail_at=5)
     with pytest.raises(RuntimeError, match="interrupted"):
-        cached_features(Recorder(fail_at=5), paths, SIZE, tmp_path, DESCRIBE, batch_size=2, chunk_images=4, progress=False)
+        cached_features(first, paths, SIZE, tmp_path, DESCRIBE, **chunks)
+    assert first.seen == [0, 1, 2, 3]  # started again from the first image
     recorder = Recorder()
-    features = cached_features(recorder, paths, SIZE, tmp_path, DESCRIBE, batch_size=2, chunk_images=4, progress=False)
+    features = cached_features(recorder, paths, SIZE, tmp_path, DESCRIBE, **chunks)
     assert recorder.seen == [4, 5]
     whole = cached_features(Recorder(), paths, SIZE, tmp_path / "whole", DESCRIBE, batch_size=2, progress=False)
     np.testing.assert_array_equal(features, whole)
