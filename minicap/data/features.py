@@ -41,7 +41,7 @@ def fingerprint_variables(variables):
 
     Each variable contributes its dtype, its shape and its bytes, in order; names are left out
     (Keras numbers them per session, ``dense_3``), so the same weights give the same fingerprint in
-    every process. Hashing ViT-B/32's 88 M parameters takes about a second.
+    every process. Hashing ViT-B/32's 88 M float32 parameters (350 MB) takes a few seconds.
 
     Args:
         variables: a list of Keras variables (or arrays), e.g. ``backbone.weights``; a layer or
@@ -123,7 +123,8 @@ def cached_features(extract, paths, image_size, cache_dir, describe, batch_size=
         the features, a read-only ``np.memmap`` float16 ``(len(paths), *feature_shape)``. A
         complete cache is returned at once, without calling ``extract``; an incomplete one is
         resumed from its last finished chunk (batches start at the same multiples of
-        ``batch_size`` as in a run never interrupted, so the values are the same).
+        ``batch_size`` as in a run never interrupted, so the values are the same). One process
+        at a time should write a given cache.
 
     Raises:
         ValueError: an image cannot be read (the message names its index and file), ``extract``
@@ -131,8 +132,9 @@ def cached_features(extract, paths, image_size, cache_dir, describe, batch_size=
             features are not finite. Non-finite features raise rather than warn: float16 ends at
             65504, and a cached ``inf`` would turn every loss it reaches into NaN, hours later and
             far from the cause; ViT tokens after the final layer norm are far below that, so an
-            overflow means ``extract`` is not what was meant (raw pixels in [0, 255]?). The
-            chunk is not written, so fixing ``extract`` means changing ``describe``.
+            overflow means ``extract`` is not what was meant (raw pixels in [0, 255]?). That
+            chunk is not recorded; a changed ``extract`` needs a changed ``describe``, or the
+            chunks recorded before are kept.
     """
     paths = [os.fspath(p) for p in paths]
     size = _size_pair(image_size)
@@ -146,7 +148,7 @@ def cached_features(extract, paths, image_size, cache_dir, describe, batch_size=
         chunk_images = 32 * batch_size
     if not isinstance(chunk_images, (int, np.integer)) or chunk_images < 1:
         raise ValueError(f"chunk_images must be an int >= 1 or None, got {chunk_images!r}")
-    # Chunks end on batch boundaries, so a resumed run calls `extract` on the same batches.
+    # Records fall on batch ends, so a resumed run calls `extract` on the same batches.
     chunk_images = -(-int(chunk_images) // batch_size) * batch_size
     if not isinstance(describe, dict):
         raise ValueError(f"describe must be a JSON-serialisable dict, got {describe!r}")
@@ -180,10 +182,11 @@ def cached_features(extract, paths, image_size, cache_dir, describe, batch_size=
                     record["feature_shape"] = list(output.shape[1:])
                 features[start:stop] = output  # (B, *feature_shape)
                 bar.update(stop - start)
-                if stop % chunk_images == 0 or stop == len(paths):
+                if stop - done >= chunk_images or stop == len(paths):
                     features.flush()  # the rows reach the disk before the record counts them
                     write_json_atomic(os.path.join(folder, PROGRESS_FILE),
                                       {**record, "done": stop, "complete": stop == len(paths)})
+                    done = stop
         finally:
             bar.close()
             pending.cancel()
