@@ -128,8 +128,15 @@ class MultiHeadAttention(keras.layers.Layer):
         attention_mask: boolean, broadcastable to ``(batch, query_length, key_length)``,
             True = may attend.
         return_attention_scores: also return the weights ``(batch, num_heads, query_length,
-            key_length)``. Without it, the layer calls ``keras.ops.dot_product_attention``,
-            which a GPU can run as one fused (flash) kernel.
+            key_length)``. Without it (and without dropout), the layer calls
+            ``keras.ops.dot_product_attention``, which chooses a kernel per backend. TensorFlow:
+            never a flash kernel (Keras does not support one there); the scores and the softmax
+            are computed in full, only not returned. JAX: a fused kernel on a TPU, and cuDNN's
+            flash attention on an NVIDIA GPU (Ampere or newer) for float16/bfloat16 inputs
+            with a head width that is a multiple of 8; XLA's plain computation otherwise, e.g.
+            in float32 or on a CPU. PyTorch: ``scaled_dot_product_attention``, whose flash
+            kernel needs CUDA, float16/bfloat16 and no mask; with a mask it picks another
+            kernel (memory-efficient on CUDA, the plain one on a CPU).
         training: enables dropout.
 
     Returns:
