@@ -37,7 +37,8 @@ def _inferno():
 
 
 def _json(value):
-    """JSON that is safe inside a <script> element (no "</script>" and no "<!--" can appear)."""
+    """JSON that is safe inside a <script> element (no "</script>" and no "<!--" can appear) and, being
+    ASCII, is also a valid JavaScript literal."""
     text = json.dumps(value, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -257,13 +258,14 @@ _TEMPLATE = """<div class="minicap-attention" id="{id}" data-selected-word="0" d
 <div class="mc-legend" style="width: {width}px; max-width: 100%;"><span>0</span>
 <div class="mc-bar" style="background: linear-gradient(to right, {stops});"></div><span class="mc-max"></span></div>
 <div class="mc-status" aria-live="polite"></div>
-<script type="application/json" class="mc-data">{data}</script>
 <script>
 (function () {{
-  var root = document.getElementById("{id}");
+  // The script's own parent, so that two copies of one output (a notebook open twice) both work.
+  var script = document.currentScript, parent = script && script.parentNode;
+  var root = parent && parent.id === "{id}" ? parent : document.getElementById("{id}");
   if (!root || root.getAttribute("data-ready")) {{ return; }}  // a page that runs its scripts twice
   root.setAttribute("data-ready", "true");
-  var data = JSON.parse(root.querySelector("script.mc-data").textContent);
+  var data = {data};
   var canvas = root.querySelector("canvas.mc-overlay"), context = canvas.getContext("2d");
   var wordButtons = root.querySelectorAll("button.mc-word"), headButtons = root.querySelectorAll("button.mc-head");
   var colours = [], peaks = {{}}, selected = {{word: 0, head: "mean"}};

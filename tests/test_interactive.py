@@ -29,7 +29,7 @@ def _explorer(words=("a", "red", TRICKY), grid=(2, 3), heads=2, **options):
 
 
 def _data(page):
-    return json.loads(re.search(r'<script type="application/json" class="mc-data">(.*?)</script>', page, re.S).group(1))
+    return json.loads(re.search(r"\n  var data = (\{.*?\});\n", page).group(1))
 
 
 @pytest.mark.parametrize("change, message", [

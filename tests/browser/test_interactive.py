@@ -33,12 +33,17 @@ def planted(pairs):
     return weights
 
 
-def page_html():
+def explorers():
     image = np.full((90, 120, 3), 128, np.uint8)  # grey: the overlay alone decides what is bright
     heads = np.stack([planted([1, 10]), planted([5, 6])])  # head 1 and head 2, words 0 and 1
     first = AttentionExplorer(image, ["first", "last"], planted([0, PATCHES - 1]), GRID, head_weights=heads,
                               title="first figure")
     second = AttentionExplorer(image, ["first", TRICKY], planted([0, PATCHES - 1]), GRID, title="second figure")
+    return first, second
+
+
+def page_html():
+    first, second = explorers()
     return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>explorers</title></head><body>'
             f'{first.to_html()}<p id="elsewhere">text between the figures</p>{second.to_html()}</body></html>')
 
@@ -166,4 +171,37 @@ def test_words_are_text_and_no_global_names_leak(page, site):
     names = set(page.evaluate("() => Object.keys(window)"))
     page.goto(site + "empty.html", wait_until="load")
     assert names - set(page.evaluate("() => Object.keys(window)")) == set()
+    assert not page.problems, page.problems
+
+
+# How notebook front ends show an output: Colab writes it into an iframe; JupyterLab sets innerHTML and
+# re-creates each <script> (copying its attributes) so that it runs, which may happen twice for one output.
+INSERT = """([target, fragment]) => {
+  const host = document.getElementById(target);
+  host.innerHTML = fragment;
+  host.querySelectorAll('script').forEach((old) => {
+    const script = document.createElement('script');
+    Array.from(old.attributes).forEach((a) => script.setAttribute(a.name, a.value));
+    script.textContent = old.textContent;
+    old.replaceWith(script);
+  });
+}"""
+
+
+def test_works_in_an_iframe_and_when_one_output_is_inserted_twice(page, site):
+    fragment = explorers()[0].to_html()
+    page.goto(site + "empty.html", wait_until="load")
+    page.set_content('<iframe id="frame" style="width: 700px; height: 600px"></iframe><div id="a"></div>'
+                     '<div id="b"></div>')
+    page.evaluate("(html) => { document.getElementById('frame').srcdoc = html; }", fragment)
+    framed = page.frame_locator("#frame").locator(".minicap-attention")
+    framed.get_by_role("button", name="last").click()
+    assert framed.get_attribute("data-selected-word") == "1" and bright_only_at(framed, PATCHES - 1)
+    page.evaluate(INSERT, ["a", fragment])
+    page.evaluate(INSERT, ["b", fragment])  # the same element id twice on one page
+    for target in ("a", "b"):
+        root = page.locator(f"#{target} .minicap-attention")
+        assert bright_only_at(root, 0)
+        root.get_by_role("button", name="last").click()
+        assert root.get_attribute("data-selected-word") == "1" and bright_only_at(root, PATCHES - 1)
     assert not page.problems, page.problems
