@@ -4,11 +4,14 @@ Both turn images ``(batch, height, width, 3)`` with values in [0, 1] into one ve
 ``(batch, num_patches, model_dim)``: the sequence the caption decoder attends to.
 
 The layers are **pre-norm** (layer norm *before* attention and feed-forward, inside the residual
-branch, plus one final layer norm), as in ViT: the residual path stays an identity, so a small
-model trains stably without the learning-rate warm-up tricks that post-norm needs.
+branch, plus one final layer norm), as in ViT: the residual path stays an identity, so training is
+far less sensitive to the learning-rate warm-up that post-norm depends on (Xiong et al., 2020). A
+short warm-up still helps Adam's first steps, whose second-moment estimates rest on a few noisy
+gradients; chapter 5 keeps the paper's warm-up schedule.
 
 References: Dosovitskiy et al., "An image is worth 16x16 words" (2020); Vaswani et al.,
-"Attention is all you need" (2017).
+"Attention is all you need" (2017); Xiong et al., "On layer normalization in the Transformer
+architecture" (2020).
 """
 import os
 
@@ -278,11 +281,14 @@ def import_vit_keras():
 
 @keras.saving.register_keras_serializable(package="minicap")
 class ViTBackbone(keras.layers.Layer):
-    """A (pretrained) ViT from vit-keras, returning every patch token projected to ``model_dim``.
+    """A (pretrained) ViT from vit-keras, returning every patch token: the image's "features".
 
     vit-keras's model ends by keeping the class token only (for classification); this layer taps
-    the sequence after the encoder's final layer norm instead, drops the class token, and projects
-    each of the ``num_patches`` patch tokens to the decoder's width with a trainable Dense layer.
+    the sequence after the encoder's final layer norm instead and drops the class token, so the
+    caption decoder can attend to each of the ``num_patches`` patch tokens. They are
+    ``hidden_size`` wide (768 for ViT-B); ``CaptionModel`` projects them to the decoder's width
+    with a trainable Dense layer. When the ViT is frozen its output never changes during training,
+    so it can be computed once per image and cached (``minicap.data.features``).
 
     The layer's config holds the architecture only: constructing it never downloads anything.
     Call ``load_weights_from(weights)`` to load pretrained weights (``CaptionModel`` does so when
@@ -290,9 +296,8 @@ class ViTBackbone(keras.layers.Layer):
 
     Args:
         image_size: side of the square input images, divisible by ``patch_size``.
-        model_dim: output width (the decoder's width).
         variant: ``"vit-b16"`` or ``"vit-b32"``, or ``None`` to give the architecture below.
-        freeze: keep the ViT's weights fixed (only the projection trains), and run it without dropout.
+        freeze: keep the ViT's weights fixed, and run it without dropout.
         patch_size, hidden_size, num_layers, num_heads, mlp_dim: the ViT architecture when
             ``variant`` is None (small configurations for tests and experiments).
         dropout: dropout rate inside the ViT when it is trained.
@@ -303,10 +308,12 @@ class ViTBackbone(keras.layers.Layer):
         training: enables dropout (in the ViT only when not frozen).
 
     Returns:
-        ``(batch, num_patches, model_dim)``.
+        ``(batch, num_patches, hidden_size)``: the patch tokens, without the class token.
+
+    Reference: Dosovitskiy et al., "An image is worth 16x16 words" (2020).
     """
 
-    def __init__(self, image_size, model_dim, variant="vit-b16", freeze=True, patch_size=None, hidden_size=None,
+    def __init__(self, image_size, variant="vit-b32", freeze=True, patch_size=None, hidden_size=None,
                  num_layers=None, num_heads=None, mlp_dim=None, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         if variant is not None and variant not in VIT_VARIANTS:
@@ -320,7 +327,6 @@ class ViTBackbone(keras.layers.Layer):
             elif name not in architecture:
                 raise ValueError(f"ViTBackbone with variant=None needs {name}; got None")
         self.image_size = image_size
-        self.model_dim = model_dim
         self.variant = variant
         self.freeze = freeze
         self.patch_size, self.hidden_size = patch_size, hidden_size
@@ -329,6 +335,7 @@ class ViTBackbone(keras.layers.Layer):
         self.architecture = architecture
         grid = check_image_shape((None, image_size, image_size, 3), architecture["patch_size"])
         self.num_patches = grid[0] * grid[1]
+        self.output_dim = architecture["hidden_size"]
         vit, _ = import_vit_keras()
         full = vit.build_model(
             image_size=image_size, name=variant or "vit", classes=1, include_top=False, dropout=dropout,
@@ -337,14 +344,14 @@ class ViTBackbone(keras.layers.Layer):
         # The sequence (class token + patches) before vit-keras's "ExtractToken" keeps only the class token.
         self.vit = keras.Model(full.input, full.get_layer("Transformer_encoder_norm").output, name="vit")
         self.vit.trainable = not freeze
-        self.projection = keras.layers.Dense(model_dim, dtype=self.dtype_policy, name="projection")
 
     def build(self, input_shape):
-        self.projection.build((input_shape[0], self.num_patches, self.architecture["hidden_size"]))
+        self.built = True  # the vit-keras model was built when it was created
 
     def load_weights_from(self, weights="imagenet21k+imagenet2012"):
         """Load pretrained ViT weights: a name in ``VIT_WEIGHTS`` (downloaded by vit-keras, then cached
-        under ``~/.keras/weights``) or the path of a local ``.npz`` file in the official format."""
+        under ``$KERAS_HOME/weights``, default ``~/.keras/weights``) or the path of a local ``.npz`` file
+        in the official format."""
         vit, utils = import_vit_keras()
         grid = self.image_size // self.architecture["patch_size"]
         if weights in VIT_WEIGHTS:
@@ -370,17 +377,16 @@ class ViTBackbone(keras.layers.Layer):
             )
         images = ops.cast(images, self.compute_dtype) * 2.0 - 1.0  # vit-keras expects [-1, 1]
         tokens = self.vit(images, training=False if self.freeze else training)  # (B, 1 + N, hidden)
-        return self.projection(tokens[:, 1:])  # (B, N, d): the patch tokens, without the class token
+        return tokens[:, 1:]  # (B, N, hidden): the patch tokens, without the class token
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_patches, self.model_dim)
+        return (input_shape[0], self.num_patches, self.output_dim)
 
     def get_config(self):
         config = super().get_config()
         config.update({
-            "image_size": self.image_size, "model_dim": self.model_dim, "variant": self.variant,
-            "freeze": self.freeze, "patch_size": self.patch_size, "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
+            "image_size": self.image_size, "variant": self.variant, "freeze": self.freeze,
+            "patch_size": self.patch_size, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+            "num_heads": self.num_heads, "mlp_dim": self.mlp_dim, "dropout": self.dropout,
         })
         return config

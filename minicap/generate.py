@@ -44,8 +44,12 @@ def _compile(function, model):
 
 
 def _check_images(model, images):
+    """``images`` as a tensor, checked: float images ``(batch, size, size, 3)``, or (with a pretrained
+    backbone) its cached features ``(batch, num_patches, feature_dim)``."""
     images = ops.convert_to_tensor(images)
     size = model.config.image_size
+    if len(images.shape) == 3 and model.is_features(images):
+        return images
     if len(images.shape) != 4 or tuple(images.shape[1:]) != (size, size, 3):
         raise ValueError(
             f"expected images of shape (batch, {size}, {size}, 3) for this model, got {tuple(images.shape)}"
@@ -85,8 +89,9 @@ class Generator:
         start_id, end_id, pad_id: the tokenizer's special ids.
         max_length: most tokens to generate after ``[START]``.
 
-    Each method takes float images ``(batch, H, W, 3)`` in [0, 1] and returns int32 tokens
-    ``(batch, max_length + 1)``: ``[START]``, the caption, ``[END]`` if it ended, then padding.
+    Each method takes float images ``(batch, H, W, 3)`` in [0, 1] (or a pretrained backbone's cached
+    features ``(batch, num_patches, feature_dim)``) and returns int32 tokens ``(batch, max_length + 1)``:
+    ``[START]``, the caption, ``[END]`` if it ended, then padding.
     """
 
     def __init__(self, model, start_id, end_id, pad_id=0, max_length=None):

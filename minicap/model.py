@@ -1,7 +1,9 @@
 """The captioning model: image encoder + caption decoder + vocabulary head (chapter 4).
 
 ``CaptionModel((images, tokens))`` returns the logits of the next token at every position
-(teacher forcing). For generation, ``encode`` runs the encoder once, ``init_cache`` prepares the
+(teacher forcing). With a pretrained, frozen backbone the images can be replaced by the backbone's
+cached patch features (``model.backbone_features(images)``), so training runs the projection and
+the decoder only. For generation, ``encode`` runs the encoder once, ``init_cache`` prepares the
 decoder's cache, and ``decode_step`` writes one position at a time (chapter 6).
 
 All sizes live in one ``CaptionConfig``, which is saved as JSON next to a trained model and is
@@ -25,7 +27,9 @@ BACKBONES = ("scratch",) + tuple(VIT_VARIANTS)
 class CaptionConfig:
     """Every size of a ``CaptionModel``, in one place."""
 
-    vocab_size: int  # number of token ids, including [PAD], [START], [END] and [UNK]
+    # number of token ids, including [PAD], [START], [END] and [UNK]; None in a training profile,
+    # where the tokenizer fitted on the training captions decides it
+    vocab_size: int | None
     max_length: int = 20  # most tokens in a decoder input ([START] + words); the cache's length
     image_size: int = 64  # side of the square input images, in pixels
     patch_size: int = 8  # patch side of the scratch encoder (a ViT-B backbone has its own, 16 or 32)
@@ -59,8 +63,9 @@ class CaptionConfig:
     def __post_init__(self):
         if self.backbone == "scratch":
             self.backbone_weights = None  # nothing to load: the scratch encoder starts from random weights
-        for name in ("vocab_size", "max_length", "image_size", "patch_size", "model_dim", "num_heads",
-                     "decoder_layers", "mlp_dim"):
+        names = ("vocab_size", "max_length", "image_size", "patch_size", "model_dim", "num_heads", "decoder_layers",
+                 "mlp_dim")
+        for name in names[self.vocab_size is None:]:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"CaptionConfig.{name} must be a positive integer, got {value!r}")
@@ -94,7 +99,7 @@ class CaptionConfig:
         if self.image_size % self.encoder_patch_size:
             raise ValueError(f"CaptionConfig.image_size {self.image_size} is not divisible by the "
                              f"{self.backbone} encoder's patch size {self.encoder_patch_size}")
-        if not 0 <= self.pad_id < self.vocab_size:
+        if self.vocab_size is not None and not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"CaptionConfig.pad_id {self.pad_id} is not a token id below vocab_size "
                              f"{self.vocab_size}")
         weights = self.backbone_weights
@@ -121,6 +126,17 @@ class CaptionConfig:
     def encoder_mlp_width(self):
         """Feed-forward width of the scratch encoder: ``encoder_mlp_dim``, or ``mlp_dim`` when None."""
         return self.mlp_dim if self.encoder_mlp_dim is None else self.encoder_mlp_dim
+
+    @property
+    def pretrained(self):
+        """True for a pretrained ViT backbone, False for the scratch encoder."""
+        return self.backbone != "scratch"
+
+    @property
+    def feature_dim(self):
+        """Width of the encoder's own patch vectors, before the projection to ``model_dim``: a ViT-B
+        backbone's 768, or the scratch encoder's ``encoder_width``."""
+        return VIT_VARIANTS[self.backbone]["hidden_size"] if self.pretrained else self.encoder_width
 
     @property
     def num_patches(self):
@@ -157,17 +173,22 @@ class CaptionConfig:
 
 @keras.saving.register_keras_serializable(package="minicap")
 class CaptionModel(keras.Model):
-    """Encoder (scratch ViT or pretrained ViT-B) + decoder + a float32 vocabulary head.
+    """Encoder (scratch ViT or pretrained ViT-B) + Dense projection + decoder + a float32 vocabulary head.
+
+    The encoder turns an image into patch vectors ("features") of width ``config.feature_dim``; a
+    Dense layer projects them to the decoder's ``model_dim`` (only when the widths differ, for the
+    scratch encoder); the decoder attends to them while it writes.
 
     Args:
-        config: a ``CaptionConfig`` or its dict.
+        config: a ``CaptionConfig`` (or its dict) with ``vocab_size`` set.
         load_backbone_weights: load ``config.backbone_weights`` into a pretrained backbone.
             ``from_config`` (hence ``load_model``) passes False: the weights come from the file.
 
     Call arguments:
         inputs: ``(images, tokens)``: float images ``(batch, image_size, image_size, 3)`` in [0, 1]
-            and int tokens ``(batch, length)``, ``length <= max_length``; tokens equal to
-            ``pad_id`` are hidden as keys from self-attention.
+            (or, with a pretrained backbone, its features ``(batch, num_patches, feature_dim)``,
+            e.g. from a cache) and int tokens ``(batch, length)``, ``length <= max_length``; tokens
+            equal to ``pad_id`` are hidden as keys from self-attention.
         training: enables dropout.
 
     Returns:
@@ -181,29 +202,32 @@ class CaptionModel(keras.Model):
             config = CaptionConfig.from_dict(config)
         if not isinstance(config, CaptionConfig):
             raise ValueError(f"config must be a CaptionConfig or a dict, got {type(config).__name__}")
+        if config.vocab_size is None:
+            raise ValueError("CaptionConfig.vocab_size is None: set it to the tokenizer's size, "
+                             "e.g. dataclasses.replace(config, vocab_size=len(tokenizer))")
         self.config = config
         policy = self.dtype_policy
-        self.encoder_projection = None
-        if config.backbone == "scratch":
+        if config.pretrained:
+            self.encoder = ViTBackbone(config.image_size, variant=config.backbone, freeze=config.freeze_backbone,
+                                       dtype=policy, name="encoder")
+        else:
             self.encoder = VisionEncoder(
                 config.image_size, config.patch_size, config.encoder_width, config.encoder_layers,
                 config.encoder_num_heads, config.encoder_mlp_width, config.dropout, patch_stem=config.patch_stem,
                 output_positions=config.output_positions, stem_hidden_dim=config.stem_hidden_dim, dtype=policy,
                 name="encoder")
-            if config.encoder_width != config.model_dim:
-                # As ViTBackbone does: the decoder attends to patch vectors of its own width.
-                self.encoder_projection = keras.layers.Dense(config.model_dim, dtype=policy,
-                                                             name="encoder_projection")
-        else:
-            self.encoder = ViTBackbone(config.image_size, config.model_dim, variant=config.backbone,
-                                       freeze=config.freeze_backbone, dtype=policy, name="encoder")
+        self.encoder_projection = None
+        if config.feature_dim != config.model_dim:
+            # The decoder attends to patch vectors of its own width (the article's Dense projection of
+            # the ViT's 768-wide patch tokens).
+            self.encoder_projection = keras.layers.Dense(config.model_dim, dtype=policy, name="encoder_projection")
         self.decoder = Decoder(
             config.vocab_size, config.max_length, config.model_dim, config.decoder_layers, config.num_heads,
             config.mlp_dim, config.dropout, config.pad_id, dtype=policy, name="decoder")
         # float32 logits even under mixed precision, so that softmax and loss are stable.
         self.head = keras.layers.Dense(config.vocab_size, dtype="float32", name="head")
         self.build()
-        if config.backbone != "scratch" and config.backbone_weights and load_backbone_weights:
+        if config.pretrained and config.backbone_weights and load_backbone_weights:
             self.encoder.load_weights_from(config.backbone_weights)
 
     def build(self, input_shape=None):
@@ -212,7 +236,7 @@ class CaptionModel(keras.Model):
         size, dim = self.config.image_size, self.config.model_dim
         self.encoder.build((None, size, size, 3))
         if self.encoder_projection is not None:
-            self.encoder_projection.build((None, self.config.num_patches, self.config.encoder_width))
+            self.encoder_projection.build((None, self.config.num_patches, self.config.feature_dim))
         self.decoder.build((None, self.config.max_length), (None, self.config.num_patches, dim))
         self.head.build((None, self.config.max_length, dim))
         self.built = True
@@ -227,9 +251,32 @@ class CaptionModel(keras.Model):
         hidden = self.decoder(tokens, self.encode(images, training=training), training=training)
         return self.head(hidden)  # (B, T, V)
 
-    def encode(self, images, training=False):
-        """The encoder's patch vectors ``(batch, num_patches, model_dim)``."""
-        patches = self.encoder(images, training=training)  # (B, N, encoder_width)
+    def backbone_features(self, images, training=False):
+        """The encoder's patch vectors before the projection, ``(batch, num_patches, feature_dim)``:
+        what a frozen pretrained backbone's feature cache holds."""
+        return self.encoder(images, training=training)
+
+    def is_features(self, inputs):
+        """True when ``inputs`` are backbone features ``(batch, num_patches, feature_dim)`` rather than
+        images; raises a ValueError naming the shape when they are neither."""
+        shape = tuple(ops.shape(inputs))
+        config = self.config
+        if len(shape) == 3:
+            expected = (config.num_patches, config.feature_dim)
+            if not config.pretrained or tuple(shape[1:]) != expected:
+                what = f"features of shape (batch, {expected[0]}, {expected[1]})" if config.pretrained else "no features"
+                raise ValueError(f"CaptionModel got a 3-D input of shape {shape}; this model takes images of shape "
+                                 f"(batch, {config.image_size}, {config.image_size}, 3) and {what}")
+            return True
+        return False
+
+    def encode(self, inputs, training=False):
+        """The patch vectors the decoder attends to, ``(batch, num_patches, model_dim)``, from images or
+        (pretrained backbone) from cached backbone features."""
+        if self.is_features(inputs):
+            patches = ops.cast(inputs, self.compute_dtype)  # (B, N, feature_dim), e.g. float16 from a cache
+        else:
+            patches = self.backbone_features(inputs, training=training)  # (B, N, feature_dim)
         if self.encoder_projection is not None:
             patches = self.encoder_projection(patches)  # (B, N, model_dim)
         return patches
@@ -278,9 +325,13 @@ def load_captioner(model_path, tokenizer_path=None):
 
     model_path = os.fspath(model_path)
     tokenizer_path = os.fspath(tokenizer_path or os.path.join(os.path.dirname(model_path) or ".", "tokenizer.json"))
-    for path, what in ((model_path, "model"), (tokenizer_path, "tokenizer")):
+    def check_exists(path, what):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such {what} file" + (" (a directory?)" if os.path.isdir(path) else ""))
+
+    # The model first, completely: a wrong model path is the likelier mistake, and its tokenizer
+    # is only looked for next to it.
+    check_exists(model_path, "model")
     if not zipfile.is_zipfile(model_path):
         raise ValueError(f"{model_path} is not a Keras model file (.keras files are zip archives); "
                          f"pass the model.keras that minicap train wrote")
@@ -290,6 +341,7 @@ def load_captioner(model_path, tokenizer_path=None):
         raise ValueError(f"{model_path} could not be loaded as a minicap model: {error}") from error
     if not isinstance(model, CaptionModel):
         raise ValueError(f"{model_path} holds a {type(model).__name__}, not a minicap CaptionModel")
+    check_exists(tokenizer_path, "tokenizer")
     tokenizer = Tokenizer.load(tokenizer_path)
     if len(tokenizer) != model.config.vocab_size or tokenizer.pad_id != model.config.pad_id:
         raise ValueError(

@@ -1,8 +1,11 @@
 """``train``: one call (or ``minicap train``) from a profile to a trained, saved captioning model.
 
-Profiles bundle every size and setting of a run (:class:`TrainConfig`): ``quick`` trains on a CPU in
-minutes on the shapes scenes; ``gpu`` trains a larger model longer. ``train`` resumes where an
-interrupted run of the same configuration stopped: run it again with the same ``run_dir``.
+A profile (:class:`TrainConfig`) holds the model's settings (a nested ``CaptionConfig``) and the
+training's (data set, batches, schedule, seed). ``quick`` trains a small ViT from scratch on the CPU in
+minutes on the built-in shapes scenes; ``photos`` is the article's model: a pretrained ViT-B/32, frozen,
+its patch features computed once and cached, a Transformer decoder trained on Flickr8k (or COCO, or a
+folder of the reader's own captioned images) on a GPU; ``gpu`` trains a larger shapes model. ``train``
+resumes where an interrupted run of the same configuration stopped: run it again with the same ``run_dir``.
 """
 import dataclasses
 import json
@@ -12,107 +15,155 @@ from pathlib import Path
 import keras
 
 from minicap.checkpoint import Checkpointer, save_model_atomic, write_json_atomic
+from minicap.model import CaptionConfig
 from minicap.training import History, compile_model
+
+BUILT_IN_DATASETS = ("shapes", "flickr8k", "coco")
+
+
+def _model(**values):
+    """A profile's model settings: a CaptionConfig whose vocabulary size the tokenizer decides."""
+    return dataclasses.field(default_factory=lambda: CaptionConfig(vocab_size=None, **values))
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run depends on. Two runs with equal configs train the same model."""
 
-    dataset: str = "shapes"          # "shapes" (built in); "flickr8k" or "coco" (downloaded, for GPUs)
-    data_dir: str = ""               # cache directory of the real data sets ("" = ~/.keras/datasets)
-    num_train: int = 6000            # shapes scenes in the training split
-    num_val: int = 200               # shapes scenes in the validation split
-    image_size: int = 64             # images are resized to image_size × image_size
+    model: CaptionConfig = _model()  # the model's sizes (image_size, model_dim, backbone, ...), one source
+    # "shapes" (built in), "flickr8k" or "coco" (downloaded on demand), or the path of a folder (or CSV
+    # file) of the reader's own captioned images: captions.csv with the header image,caption
+    dataset: str = "shapes"
+    data_dir: str = ""               # where downloads and feature caches go ("" = $MINICAP_DATA or ~/.keras/datasets/minicap)
+    data_url: str = ""               # a mirror of the data set's archives, e.g. file:///data/flickr8k/ ("" = official hosts)
+    data_hashes: dict = dataclasses.field(default_factory=dict)  # digests replacing the published ones (only if given)
+    num_train: int = 6000            # shapes: scenes in the training split
+    num_val: int = 200               # shapes: scenes in the validation split
     max_objects: int = 2             # shapes: most objects per scene (1-3)
-    max_length: int = 16             # decoder positions: [START] + words (+ [END] as the last target)
-    patch_size: int = 8              # encoder patches (image_size must be a multiple)
-    model_dim: int = 128             # width of the encoder and the decoder
-    num_heads: int = 4               # attention heads
-    encoder_layers: int = 2          # depth of the from-scratch ViT encoder
-    decoder_layers: int = 2          # depth of the decoder
-    mlp_dim: int = 256               # hidden width of the feed-forward blocks
-    dropout: float = 0.1             # dropout in the attention and feed-forward blocks
-    patch_stem: str = "linear"       # scratch encoder: "linear" (ViT) or "colour-shape" (see minicap.patches)
-    output_positions: bool = False   # scratch encoder: add patch positions to its output too (relations)
-    stem_hidden_dim: int = 0         # colour-shape stem: GELU layer width before its projections (0: linear)
-    backbone: str = "scratch"        # "scratch", or a pretrained "vit-b16" / "vit-b32" (vit extra)
-    freeze_backbone: bool = True     # keep a pretrained backbone's weights fixed
+    min_word_count: int = 1          # rarer words of the training captions become [UNK]
     batch_size: int = 64             # captions per step
-    epochs: int = 8                  # passes over the training images (one reference each)
+    epochs: int = 8                  # passes over the training captions (every reference of every image)
     warmup_steps: int = 300          # learning-rate warm-up (TransformerSchedule)
     lr_scale: float = 1.0            # multiplies the schedule's learning rate
     label_smoothing: float = 0.0     # ε of the masked cross-entropy
     weight_decay: float = 0.0        # AdamW's decoupled weight decay of the weight matrices (0: Adam)
     word_dropout: float = 0.0        # chance of replacing each decoder input word by [UNK] (training only)
+    cache_features: bool = True      # frozen pretrained backbone: compute its features once, keep them on disk
     mixed_precision: bool = False    # bfloat16 (float16 on GPUs older than Ampere), float32 weights
     jit_compile: str = "auto"        # XLA: "auto" (Keras decides), "on" or "off"
     checkpoint_every: int = 200      # steps between checkpoints (also one at each epoch's end)
     seed: int = 0                    # seeds data order, initial weights and dropout
 
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = CaptionConfig.from_dict({"vocab_size": None, **self.model})
+        for name in ("epochs", "batch_size", "num_train", "num_val", "min_word_count"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.jit_compile not in ("auto", "on", "off"):
+            raise ValueError(f"jit_compile must be 'auto', 'on' or 'off', got {self.jit_compile!r}")
+        if not isinstance(self.data_hashes, dict):
+            raise ValueError(f"data_hashes must be a dict of archive name to digest, got {self.data_hashes!r}")
+
+    @property
+    def uses_feature_cache(self):
+        """True when training runs on cached features: a pretrained backbone, frozen, with caching on."""
+        return self.model.pretrained and self.model.freeze_backbone and self.cache_features
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
     @classmethod
     def from_dict(cls, values):
+        """A TrainConfig from a (nested) dict, as ``train_config.json`` stores it; unknown names are an error."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+    def replace(self, **overrides):
+        """A copy with ``overrides`` applied: training settings by name, model settings by their
+        ``CaptionConfig`` name (``model_dim=256``) or as ``model.model_dim``. Unknown names are an error."""
+        train_fields = {field.name for field in dataclasses.fields(self)} - {"model"}
+        model_fields = {field.name for field in dataclasses.fields(CaptionConfig)} - {"vocab_size", "pad_id"}
+        train_values, model_values = {}, {}
+        for name, value in overrides.items():
+            bare = name[len("model."):] if name.startswith("model.") else name
+            if name in train_fields:
+                train_values[name] = value
+            elif bare in model_fields:
+                model_values[bare] = value
+            else:
+                raise ValueError(f"unknown setting {name!r}; training settings: {sorted(train_fields)}; "
+                                 f"model settings: {sorted(model_fields)}")
+        model = dataclasses.replace(self.model, **model_values) if model_values else self.model
+        return dataclasses.replace(self, model=model, **train_values)
+
 
 PROFILES = {
-    # 72-pixel images in 24-pixel patches: the 3 x 3 patches are the scenes' 3 x 3 grid cells, so each object
-    # lies inside one patch. The colour-shape patch encoder, with a hidden layer that recognises shapes in the
-    # colour-blind foreground map, lets the model name colour-and-shape pairs it never saw (held-out split); the
-    # positions added to the encoder's output let it learn relations ("left of"). Whether a small model learns the
-    # relations at all depends on its initialisation: with 4 heads and 1 encoder layer it did for 1 seed in 3 (with
-    # the stem's hidden layer); 8 heads and 2 encoder layers learned them for every seed we tried. Dropout and word
-    # dropout cost held-out faithfulness here; strong label smoothing keeps relations learnable (0.1 lost them for a
-    # seed). Measured on a 2-core CPU with tests/bench_seeds.py (300 scenes per split): 4500 steps in about 3.2
-    # minutes; faithful captions for seeds 0-4: 98.7-100% on new scenes, 92.3 / 94.3 / 91.0 / 96.7 / 88.7% on
-    # held-out ones (seed 4 lost relations on a few held-out scenes).
-    "quick": TrainConfig(image_size=72, patch_size=24, model_dim=64, num_heads=8, encoder_layers=2, dropout=0.0,
-                         epochs=12, label_smoothing=0.3, patch_stem="colour-shape", stem_hidden_dim=128,
-                         output_positions=True),
-    "gpu": TrainConfig(num_train=40000, num_val=1000, image_size=128, max_objects=3, max_length=24, patch_size=16,
-                       model_dim=256, num_heads=8, encoder_layers=4, decoder_layers=3, mlp_dim=1024,
-                       batch_size=128, epochs=20, warmup_steps=1000, patch_stem="colour-shape", stem_hidden_dim=256,
-                       output_positions=True, mixed_precision=True, jit_compile="on"),
+    "quick": TrainConfig(
+        model=CaptionConfig(vocab_size=None, max_length=16, image_size=72, patch_size=24, model_dim=64, num_heads=8,
+                            encoder_layers=2, mlp_dim=256, dropout=0.0, patch_stem="colour-shape",
+                            stem_hidden_dim=128, output_positions=True),
+        epochs=12, label_smoothing=0.3),
+    # The article's model: ViT-B/32 pretrained on ImageNet-21k and fine-tuned on ImageNet-2012, frozen, at 224
+    # pixels (7 x 7 = 49 patch tokens of width 768), projected to the decoder's width 256; a decoder of 4 heads.
+    # Two decoder layers and dropout 0.3: Flickr8k's 6,000 training images are few, and a deeper or less
+    # regularised decoder overfits them within a few epochs (its validation loss turns up while the training
+    # loss keeps falling; chapter 5 plots both). Every epoch shows all 5 captions of every image (470 steps of
+    # 64 on Flickr8k); 12 epochs with a 1,000-step warm-up peak at lr 1e-3. The captions' rare words (fewer
+    # than 5 uses) become [UNK], which keeps Flickr8k's vocabulary near 3,000 words.
+    "photos": TrainConfig(
+        model=CaptionConfig(vocab_size=None, backbone="vit-b32", image_size=224, max_length=24, model_dim=256,
+                            num_heads=4, decoder_layers=2, mlp_dim=1024, dropout=0.3),
+        dataset="flickr8k", min_word_count=5, batch_size=64, epochs=12, warmup_steps=1000, lr_scale=0.5,
+        label_smoothing=0.1, checkpoint_every=500, mixed_precision=True),
+    "gpu": TrainConfig(
+        model=CaptionConfig(vocab_size=None, max_length=24, image_size=128, patch_size=16, model_dim=256, num_heads=8,
+                            encoder_layers=4, decoder_layers=3, mlp_dim=1024, patch_stem="colour-shape",
+                            stem_hidden_dim=256, output_positions=True),
+        num_train=40000, num_val=1000, max_objects=3, batch_size=128, epochs=20, warmup_steps=1000,
+        mixed_precision=True, jit_compile="on"),
 }
 
 
 def profile(name, **overrides):
-    """The named profile's TrainConfig with ``overrides`` applied (unknown names are an error)."""
+    """The named profile's TrainConfig with ``overrides`` applied (see :meth:`TrainConfig.replace`)."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    return TrainConfig.from_dict({**dataclasses.asdict(PROFILES[name]), **overrides})
+    return PROFILES[name].replace(**overrides)
 
 
 def load_data(config):
-    """The training and validation data of ``config``: ``(train, val)``, each with images and captions."""
-    if config.dataset != "shapes":
+    """The training and validation data of ``config``: ``(train, val)``.
+
+    Shapes scenes (``ShapesData``, images in memory) or, for photos, ``CaptionSet``s of image files
+    read from disk a batch at a time: Flickr8k's train/dev lists, COCO's Karpathy train (with restval)
+    / val, or a folder's train/val split.
+    """
+    image_size = config.model.image_size
+    if config.dataset == "shapes":
+        from minicap.data.shapes import make_shapes
+
+        common = dict(image_size=image_size, max_objects=config.max_objects)
+        train_split = make_shapes(config.num_train, split="train", seed=config.seed, **common)
+        val_split = make_shapes(config.num_val, split="val", seed=config.seed + 1, **common)
+        return train_split, val_split
+    if config.dataset in BUILT_IN_DATASETS:
         from minicap.data import real_datasets
 
         return real_datasets.load(config)
-    from minicap.data.shapes import make_shapes
+    from minicap.data.folder import load_caption_folder
 
-    common = dict(image_size=config.image_size, max_objects=config.max_objects)
-    train_split = make_shapes(config.num_train, split="train", seed=config.seed, **common)
-    val_split = make_shapes(config.num_val, split="val", seed=config.seed + 1, **common)
-    return train_split, val_split
+    return (load_caption_folder(config.dataset, "train", image_size=image_size),
+            load_caption_folder(config.dataset, "val", image_size=image_size, check_images=False))
 
 
 def model_config(config, vocab_size, pad_id):
     """The CaptionConfig that ``config`` describes, for a vocabulary of ``vocab_size`` words."""
-    from minicap.model import CaptionConfig
-
-    return CaptionConfig(
-        vocab_size=vocab_size, max_length=config.max_length, image_size=config.image_size,
-        patch_size=config.patch_size, model_dim=config.model_dim, num_heads=config.num_heads,
-        encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers, mlp_dim=config.mlp_dim,
-        dropout=config.dropout, patch_stem=config.patch_stem, output_positions=config.output_positions,
-        stem_hidden_dim=config.stem_hidden_dim, backbone=config.backbone, freeze_backbone=config.freeze_backbone,
-        pad_id=pad_id,
-    )
+    return dataclasses.replace(config.model, vocab_size=vocab_size, pad_id=pad_id)
 
 
 def _set_precision(config):
@@ -168,19 +219,65 @@ def _check_run_dir(run_dir, config, overwrite):
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     saved = run_dir / "train_config.json"
     if saved.exists() and (run_dir / "checkpoints" / "state.json").exists():
-        previous = json.loads(saved.read_text())
-        if previous != dataclasses.asdict(config):
-            changed = sorted(k for k in previous if previous.get(k) != dataclasses.asdict(config).get(k))
+        previous, current = _flat(json.loads(saved.read_text())), _flat(config.to_dict())
+        if previous != current:
+            changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
             raise ValueError(
                 f"{run_dir} holds an interrupted run with different settings ({', '.join(changed)}); resume it "
                 f"with the same settings, or use another run directory")
+
+
+def _flat(values, prefix=""):
+    """``{"model": {"model_dim": 64}}`` as ``{"model.model_dim": 64}``, to name what differs."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key == "model":
+            flat.update(_flat(value, prefix + key + "."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def feature_cache_dir(config):
+    """Where the frozen backbone's features of ``config``'s data set are cached."""
+    from minicap.data.download import default_cache_dir
+
+    return Path(config.data_dir or default_cache_dir()) / "features"
+
+
+def cached_backbone_features(model, paths, config, progress=True):
+    """The frozen pretrained backbone's patch features of the image files ``paths``, computed once and
+    kept on disk (float16, memory-mapped, ``(len(paths), num_patches, feature_dim)``): see
+    :mod:`minicap.data.features`. The cache is keyed by the images, the image size and the backbone's
+    actual weights, so other settings never read it."""
+    from minicap.data.features import cached_features, fingerprint_variables
+
+    inputs = keras.Input((model.config.image_size, model.config.image_size, 3))
+    extractor = keras.Model(inputs, model.encoder(inputs, training=False), name="feature_extractor")
+    describe = {"backbone": model.config.backbone, "weights": fingerprint_variables(model.encoder.weights),
+                "dtype": "float16"}
+    return cached_features(extractor.predict_on_batch, paths, model.config.image_size, feature_cache_dir(config),
+                           describe, batch_size=config.batch_size, progress=progress)
+
+
+def make_batches(config, model, split, tokenizer, training, progress=True):
+    """The ``CaptionBatches`` of one split: images (shapes scenes in memory, photos read from disk), or
+    the cached backbone features of the photos when the backbone is pretrained and frozen."""
+    from minicap.data.pipeline import CaptionBatches
+
+    options = dict(shuffle=training, seed=config.seed, word_dropout=config.word_dropout if training else 0.0)
+    common = (split.captions, tokenizer, config.model.max_length, config.batch_size)
+    if config.uses_feature_cache and hasattr(split, "paths"):
+        features = cached_backbone_features(model, split.paths, config, progress=progress)
+        return CaptionBatches(split.paths, *common, features=features, **options)
+    return CaptionBatches(split.images, *common, **options)
 
 
 def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     """Train a captioning model as ``config`` says, in ``run_dir``; resume if it was interrupted.
 
     Args:
-        config: a :class:`TrainConfig`, or a profile name (``"quick"``, ``"gpu"``).
+        config: a :class:`TrainConfig`, or a profile name (``"quick"``, ``"photos"``, ``"gpu"``).
         run_dir: the run directory (see the module docstring of :mod:`minicap.training`).
         overwrite: replace a finished run's model instead of refusing.
         verbose: ``model.fit``'s verbosity (1: a progress bar, 2: a line per epoch).
@@ -189,7 +286,6 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     Returns:
         a :class:`TrainResult`.
     """
-    from minicap.data.pipeline import CaptionBatches
     from minicap.model import CaptionModel
     from minicap.text import Tokenizer
 
@@ -197,20 +293,19 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     run_dir = Path(run_dir)
     _check_run_dir(run_dir, config, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "train_config.json", dataclasses.asdict(config))
+    write_json_atomic(run_dir / "train_config.json", config.to_dict())
 
     keras.utils.set_random_seed(config.seed)
     policy = _set_precision(config)
     train_split, val_split = load_data(config)
-    tokenizer = Tokenizer.fit([c for refs in train_split.captions for c in refs])
+    tokenizer = Tokenizer.fit([c for refs in train_split.captions for c in refs], min_count=config.min_word_count)
     model = CaptionModel(model_config(config, len(tokenizer), tokenizer.pad_id))
     compile_model(model, tokenizer.pad_id, config.warmup_steps, config.lr_scale, config.label_smoothing,
                   jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
                   weight_decay=config.weight_decay)
-    batches = CaptionBatches(train_split.images, train_split.captions, tokenizer, config.max_length,
-                             config.batch_size, shuffle=True, seed=config.seed, word_dropout=config.word_dropout)
-    val_batches = CaptionBatches(val_split.images, val_split.captions, tokenizer, config.max_length,
-                                 config.batch_size, shuffle=False)
+    progress = verbose not in (0, "0")
+    batches = make_batches(config, model, train_split, tokenizer, training=True, progress=progress)
+    val_batches = make_batches(config, model, val_split, tokenizer, training=False, progress=progress)
 
     history = History(run_dir / "history.json")
     checkpointer = Checkpointer(run_dir / "checkpoints", config.checkpoint_every,

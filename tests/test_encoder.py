@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from conftest import require
 from layer_checks import check_layer
 from minicap.encoder import VIT_INSTALL_HINT, EncoderLayer, FeedForward, ViTBackbone, VisionEncoder
 
@@ -100,14 +101,14 @@ def test_vision_encoder_rejects_bad_sizes():
 def test_pretrained_backbone_without_vit_keras_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vit_keras", None)  # makes `import vit_keras` fail
     with pytest.raises(ImportError, match="--ignore-requires-python vit-keras==0.2.0") as error:
-        ViTBackbone(image_size=32, model_dim=16, variant="vit-b32")
+        ViTBackbone(image_size=32, variant="vit-b32")
     assert "opencv-python-headless validators" in str(error.value)
     assert "pip install --no-deps --ignore-requires-python" in VIT_INSTALL_HINT
 
 
 def test_backbone_rejects_unknown_variant():
     with pytest.raises(ValueError, match="unknown ViT variant 'vit-h14'"):
-        ViTBackbone(image_size=32, model_dim=16, variant="vit-h14")
+        ViTBackbone(image_size=32, variant="vit-h14")
 
 
 # A small ViT in vit-keras's architecture (ViT-B has the same structure, 12 layers of width 768).
@@ -152,8 +153,8 @@ def _write_official_weights(path, vit_model, heads):
 
 
 def test_backbone_loads_official_weights_and_returns_patch_tokens(tmp_path):
-    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
-    backbone = ViTBackbone(image_size=32, model_dim=12, **SMALL_VIT)
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    backbone = ViTBackbone(image_size=32, **SMALL_VIT)
     path = tmp_path / "ViT-small.npz"
     arrays = _write_official_weights(path, backbone.vit, heads=2)
     backbone.load_weights_from(str(path))
@@ -162,24 +163,30 @@ def test_backbone_loads_official_weights_and_returns_patch_tokens(tmp_path):
                                       arrays[_official_key(weight.path)].reshape(weight.shape))
     images = np.random.rand(2, 32, 32, 3).astype("float32")
     features = check_layer(backbone, [images], tmp_path, atol=1e-5)
-    assert features.shape == (2, 16, 12)  # 4x4 patch tokens, the class token dropped
-    tokens = backbone.vit(images * 2 - 1)  # vit-keras expects [-1, 1]
-    np.testing.assert_allclose(features, ops.convert_to_numpy(backbone.projection(tokens[:, 1:])), atol=1e-5)
+    assert features.shape == (2, 16, 16)  # 4x4 patch tokens of width 16, the class token dropped
+    tokens = ops.convert_to_numpy(backbone.vit(images * 2 - 1))  # vit-keras expects [-1, 1]
+    assert tokens.shape == (2, 1 + 16, 16)
+    np.testing.assert_allclose(features, tokens[:, 1:], atol=1e-5)
+    # After the final layer norm: every token has mean ~ offset and spread ~ scale of encoder_norm.
+    norm = backbone.vit.get_layer("Transformer_encoder_norm")
+    gamma, beta = (ops.convert_to_numpy(w) for w in norm.weights)
+    normalised = (features - beta) / gamma
+    np.testing.assert_allclose(normalised.mean(-1), 0.0, atol=1e-4)
 
 
-def test_backbone_freeze_leaves_only_the_projection_trainable():
-    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
-    frozen = ViTBackbone(image_size=16, model_dim=8, freeze=True, name="frozen", **SMALL_VIT)
-    trained = ViTBackbone(image_size=16, model_dim=8, freeze=False, **SMALL_VIT)
+def test_backbone_freeze_leaves_nothing_trainable_in_the_vit():
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    frozen = ViTBackbone(image_size=16, freeze=True, name="frozen", **SMALL_VIT)
+    trained = ViTBackbone(image_size=16, freeze=False, **SMALL_VIT)
     for backbone in (frozen, trained):
         backbone(np.zeros((1, 16, 16, 3), "float32"))
-    assert [w.path for w in frozen.trainable_weights] == ["frozen/projection/kernel", "frozen/projection/bias"]
-    assert len(trained.trainable_weights) == len(trained.vit.weights) + 2
+    assert frozen.trainable_weights == []
+    assert len(trained.trainable_weights) == len(trained.vit.weights)
 
 
 def test_backbone_weight_errors(tmp_path):
-    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
-    backbone = ViTBackbone(image_size=16, model_dim=8, **SMALL_VIT)
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    backbone = ViTBackbone(image_size=16, **SMALL_VIT)
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         backbone.load_weights_from(str(tmp_path / "missing.npz"))
     with pytest.raises(ValueError, match="must be one of"):
@@ -191,14 +198,14 @@ def test_backbone_weight_errors(tmp_path):
 def test_backbone_resizes_position_embeddings_to_its_image_size(tmp_path):
     # Pretrained files hold position embeddings for their own grid (ViT-B/16: 24x24 at 384 pixels);
     # loading into another image size interpolates the grid and keeps the class token's embedding.
-    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
-    source = ViTBackbone(image_size=32, model_dim=8, **SMALL_VIT)  # a 4x4 grid
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    source = ViTBackbone(image_size=32, **SMALL_VIT)  # a 4x4 grid
     path = tmp_path / "ViT-small.npz"
     arrays = _write_official_weights(path, source.vit, heads=2)
-    backbone = ViTBackbone(image_size=16, model_dim=8, **SMALL_VIT)  # a 2x2 grid
+    backbone = ViTBackbone(image_size=16, **SMALL_VIT)  # a 2x2 grid
     with pytest.warns(UserWarning, match="Resizing position embeddings from 4, 4 to 2, 2"):
         backbone.load_weights_from(str(path))
     table = ops.convert_to_numpy(backbone.vit.get_layer("Transformer_posembed_input").weights[0])
     assert table.shape == (1, 1 + 4, 16)
     np.testing.assert_array_equal(table[0, 0], arrays["Transformer/posembed_input/pos_embedding"][0, 0])
-    assert tuple(backbone(np.zeros((1, 16, 16, 3), "float32")).shape) == (1, 4, 8)
+    assert tuple(backbone(np.zeros((1, 16, 16, 3), "float32")).shape) == (1, 4, 16)

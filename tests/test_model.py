@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from conftest import require
 from minicap.model import CaptionConfig, CaptionModel
 
 VOCAB = 11
@@ -144,7 +145,7 @@ def test_pretrained_backbone_without_vit_keras_says_how_to_install(monkeypatch):
 def test_pretrained_weights_load_on_creation_but_not_from_config(tmp_path):
     # A new model loads `backbone_weights`; one rebuilt from its config (as load_model does) does not,
     # so that loading a saved model never downloads: its weights come from the .keras file.
-    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
     config = _config(backbone="vit-b32", backbone_weights=str(tmp_path / "ViT-B_32.npz"))
     rebuilt = CaptionModel.from_config({"config": config.to_dict(), "name": "rebuilt", "trainable": True})
     assert rebuilt.config == config and rebuilt.encoder.num_patches == 1  # 32x32 images, 32x32 patches
@@ -212,3 +213,47 @@ def test_colour_shape_model_with_output_positions_saves_and_loads(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
     assert loaded.config.patch_stem == "colour-shape" and loaded.config.output_positions
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded((images, tokens))), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_pretrained_backbone_trains_on_cached_features_and_saves_with_the_backbone(tmp_path):
+    """A frozen ViT-B/32's features, computed once, stand in for the images: same logits; a fit step on
+    features trains the projection and decoder and leaves the ViT alone; the saved model captions images."""
+    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
+    config = _config(backbone="vit-b32", image_size=64, backbone_weights=None, dropout=0.0)
+    assert (config.num_patches, config.feature_dim) == (4, 768)
+    model = CaptionModel(config)
+    assert model.encoder_projection is not None  # 768 -> 32, the article's Dense projection
+    images, tokens = _batch(batch=2)
+    images = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
+    features = ops.convert_to_numpy(model.backbone_features(images))
+    assert features.shape == (2, 4, 768)
+    from_images = ops.convert_to_numpy(model((images, tokens)))
+    from_features = ops.convert_to_numpy(model((features.astype("float16"), tokens)))
+    np.testing.assert_allclose(from_features, from_images, atol=2e-2)  # float16 storage of the features
+    np.testing.assert_allclose(ops.convert_to_numpy(model((features, tokens))), from_images, atol=1e-4)
+    vit_before = [ops.convert_to_numpy(w).copy() for w in model.encoder.vit.weights]
+    projection_before = ops.convert_to_numpy(model.encoder_projection.kernel).copy()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit((features, tokens), tokens, epochs=1, batch_size=2, verbose=0)
+    assert all(np.array_equal(a, ops.convert_to_numpy(b)) for a, b in zip(vit_before, model.encoder.vit.weights))
+    assert not np.allclose(projection_before, ops.convert_to_numpy(model.encoder_projection.kernel))
+    model.save(tmp_path / "photos.keras")
+    loaded = keras.models.load_model(tmp_path / "photos.keras", safe_mode=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded((images, tokens))),
+                               ops.convert_to_numpy(model((images, tokens))), atol=1e-4)
+    with pytest.raises(ValueError, match=r"features of shape \(batch, 4, 768\)"):
+        model((features[:, :, :100], tokens))
+
+
+def test_scratch_model_takes_no_features():
+    model = CaptionModel(_config())
+    _, tokens = _batch()
+    with pytest.raises(ValueError, match="takes images of shape .* and no features"):
+        model((np.zeros((3, 16, 32), "float32"), tokens))
+
+
+def test_a_config_without_vocabulary_size_builds_no_model():
+    config = _config(vocab_size=None)  # a training profile's model settings, before the tokenizer exists
+    with pytest.raises(ValueError, match="vocab_size is None"):
+        CaptionModel(config)

@@ -101,15 +101,48 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, crash_step):
 def test_resuming_with_other_settings_is_refused(tmp_path):
     with pytest.raises(Crash):
         trainer.train(tiny(), tmp_path / "run", verbose=0, callbacks=[CrashAt(3)])
-    with pytest.raises(ValueError, match="different settings \\(model_dim\\)"):
+    with pytest.raises(ValueError, match="different settings \\(model.model_dim\\)"):
         trainer.train(tiny(model_dim=32), tmp_path / "run", verbose=0)
 
 
 def test_unknown_profile_and_setting():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         trainer.profile("fast")
-    with pytest.raises(ValueError, match="unknown training settings \\['model_width'\\]"):
+    with pytest.raises(ValueError, match="unknown setting 'model_width'; training settings: .*model settings: "):
         trainer.profile("quick", model_width=3)
+    with pytest.raises(ValueError, match="unknown setting 'model.epochs'"):
+        trainer.profile("quick", **{"model.epochs": 3})  # a training setting is not a model setting
+
+
+def test_a_profile_holds_the_model_settings_once_and_overrides_reach_every_field():
+    config = trainer.profile("quick", model_dim=32, **{"model.num_heads": 4}, epochs=3, dataset="shapes")
+    assert (config.model.model_dim, config.model.num_heads, config.epochs) == (32, 4, 3)
+    assert config.model.vocab_size is None  # the tokenizer decides it
+    assert trainer.PROFILES["quick"].model.model_dim != 32  # the profile itself is unchanged
+    import dataclasses
+
+    from minicap.model import CaptionConfig
+    train_names = {f.name for f in dataclasses.fields(trainer.TrainConfig)} - {"model"}
+    model_names = {f.name for f in dataclasses.fields(CaptionConfig)}
+    assert not train_names & model_names  # one source for each setting
+    for name in model_names - {"vocab_size", "pad_id"}:  # every model field can be set by name
+        value = getattr(config.model, name)
+        assert getattr(trainer.profile("quick", **{name: value}).model, name) == value
+    saved = json.loads(json.dumps(config.to_dict()))
+    assert trainer.TrainConfig.from_dict(saved) == config  # train_config.json round trip
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        trainer.profile("quick", epochs=0)
+    with pytest.raises(ValueError, match="model_dim 30 is not divisible by num_heads 8"):
+        trainer.profile("quick", model_dim=30)
+
+
+def test_the_photos_profile_is_the_articles_model():
+    config = trainer.profile("photos")
+    model = config.model
+    assert (model.backbone, model.image_size, model.model_dim, model.num_heads) == ("vit-b32", 224, 256, 4)
+    assert model.backbone_weights == "imagenet21k+imagenet2012" and model.freeze_backbone
+    assert config.dataset == "flickr8k" and config.uses_feature_cache
+    assert (model.num_patches, model.feature_dim) == (49, 768)
 
 
 def _cli_train(run_dir, *extra):

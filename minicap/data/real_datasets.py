@@ -1,15 +1,31 @@
 """The real data sets as a training run asks for them: ``load(config)`` -> ``(train, val)``.
 
-``minicap.trainer`` calls :func:`load` when ``config.dataset`` is not ``"shapes"``. Each split is
-a :class:`~minicap.data.records.CaptionSet` whose ``images`` are read from disk one batch at a
-time, resized to ``config.image_size``.
+``minicap.trainer`` calls :func:`load` when ``config.dataset`` is ``"flickr8k"`` or ``"coco"``. Each
+split is a :class:`~minicap.data.records.CaptionSet` whose ``images`` are read from disk one batch at a
+time, resized to the model's image size.
+
+Where the archives come from: the official hosts by default. ``config.data_url`` points at a mirror
+(``https://...`` or ``file:///...``, a folder holding the archives under their official names), and
+archives already on disk are used as they are when they sit in ``<data_dir>/<dataset>/downloads/``.
+Either way each archive is checked against its published digest; ``config.data_hashes`` replaces
+those digests only when the user gives others explicitly (e.g. a re-packed mirror).
 """
 import os
 
 from minicap.data.coco import load_coco
-from minicap.data.flickr8k import load_flickr8k
+from minicap.data.flickr8k import ARCHIVES, load_flickr8k
 
 DATASETS = ("flickr8k", "coco")
+COCO_ARCHIVES = {"annotations": "annotations_trainval2014.zip", "karpathy": "caption_datasets.zip",
+                 "train2014": "train2014.zip", "val2014": "val2014.zip"}
+
+
+def _mirror(base, names):
+    """The URL of each archive at a mirror folder ``base`` (``{}`` without a mirror)."""
+    if not base:
+        return {}
+    base = base if base.endswith("/") else base + "/"
+    return {key: base + name for key, name in names.items()}
 
 
 def load(config):
@@ -17,12 +33,20 @@ def load(config):
     train (with restval) / val; downloaded to ``config.data_dir`` (or the default cache) on demand."""
     data_dir = getattr(config, "data_dir", "")
     cache_dir = os.path.join(data_dir, config.dataset) if data_dir else None
+    image_size = config.model.image_size
+    base, hashes = getattr(config, "data_url", ""), dict(getattr(config, "data_hashes", {}) or {})
     if config.dataset == "flickr8k":
-        def split(name):
-            return load_flickr8k(name, cache_dir, image_size=config.image_size)
-        return split("train"), split("dev")
+        unknown = sorted(set(hashes) - set(ARCHIVES))
+        if unknown:
+            raise ValueError(f"data_hashes for flickr8k name unknown archives {unknown}; known: {sorted(ARCHIVES)}")
+        options = dict(hashes=hashes, image_size=image_size)
+        if base:
+            options["base_url"] = base if base.endswith("/") else base + "/"
+        return load_flickr8k("train", cache_dir, **options), load_flickr8k("dev", cache_dir, **options)
     if config.dataset == "coco":
-        def split(name):
-            return load_coco(name, cache_dir, image_size=config.image_size)
-        return split("train"), split("val")
-    raise ValueError(f"unknown dataset {config.dataset!r}; choose 'shapes' or one of {DATASETS}")
+        unknown = sorted(set(hashes) - set(COCO_ARCHIVES))
+        if unknown:
+            raise ValueError(f"data_hashes for coco name unknown archives {unknown}; known: {sorted(COCO_ARCHIVES)}")
+        options = dict(urls=_mirror(base, COCO_ARCHIVES), hashes=hashes, image_size=image_size)
+        return load_coco("train", cache_dir, **options), load_coco("val", cache_dir, **options)
+    raise ValueError(f"unknown dataset {config.dataset!r}; choose 'shapes', one of {DATASETS}, or a folder path")
