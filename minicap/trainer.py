@@ -158,7 +158,7 @@ def load_data(config):
     from minicap.data.folder import load_caption_folder
 
     return (load_caption_folder(config.dataset, "train", image_size=image_size),
-            load_caption_folder(config.dataset, "val", image_size=image_size, check_images=False))
+            load_caption_folder(config.dataset, "val", image_size=image_size))
 
 
 def model_config(config, vocab_size, pad_id):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minicap.data.pipeline import CaptionBatches, cache_features
+from minicap.data.pipeline import CaptionBatches
 from minicap.data.shapes import make_shapes
 from minicap.text import Tokenizer
 
@@ -115,30 +115,6 @@ def test_trains_with_fit(setup):
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(batches, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-
-
-def test_cache_features(setup, tmp_path):
-    images, tok = setup
-    calls = []
-
-    def encoder(batch):
-        calls.append(len(batch))
-        return batch.reshape(len(batch), -1)[:, :5] * 2
-
-    path = tmp_path / "features.npy"
-    features = cache_features(encoder, images, path, batch_size=2)
-    assert features.shape == (3, 5) and calls == [2, 1]
-    np.testing.assert_allclose(features, images.reshape(3, -1)[:, :5] / 255.0 * 2, rtol=1e-6)
-    again = cache_features(encoder, images, path, batch_size=2)
-    assert calls == [2, 1]  # reused, not recomputed
-    np.testing.assert_array_equal(again, features)
-    batches = CaptionBatches(images, CAPTIONS, tok, 5, batch_size=7, shuffle=False, features=features)
-    (x, _), _ = batches[0]
-    np.testing.assert_allclose(x[:3], features[[0, 0, 1]])
-    layer_features = cache_features(keras.layers.Flatten(), images, tmp_path / "flat.npy")
-    assert layer_features.shape == (3, 48)
-    with pytest.raises(ValueError, match=r"\.npy"):
-        cache_features(encoder, images, tmp_path / "features.bin")
 
 
 @pytest.mark.parametrize(

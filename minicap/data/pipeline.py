@@ -41,7 +41,8 @@ class CaptionBatches(keras.utils.PyDataset):
             repeat each image 5 times per epoch and overfit the image side sooner.
         image_size: an int or ``(height, width)``; required when ``images`` are paths.
         features: optional precomputed encoder features ``(num_images, ...)`` (see
-            :func:`cache_features`); when given, batches carry them in place of the images.
+            :func:`minicap.data.features.cached_features`); when given, batches carry them in
+            place of the images.
         word_dropout: probability in [0, 1) of replacing each word of the *input* tokens by
             ``[UNK]`` (training only; the targets keep every word). The decoder then cannot
             always lean on the previous words and must read the image, which weakens its
@@ -158,46 +159,3 @@ class CaptionBatches(keras.utils.PyDataset):
             return batch.astype(np.float32) / 255.0
         return batch.astype(np.float32)
 
-
-def cache_features(encoder, images, path, batch_size=64, image_size=None):
-    """Encode every image once with a frozen ``encoder`` and keep the result in a ``.npy`` file.
-
-    The decoder can then train on :class:`CaptionBatches` ``(features=...)`` without running the
-    encoder again. If ``path`` already holds features for the same number of images they are
-    reused (delete the file after changing the encoder). The file is written to a temporary
-    name and renamed, so an interrupted run never leaves a half-written cache.
-
-    Args:
-        encoder: a Keras model/layer or function mapping float32 images in [0, 1] to features.
-        images: uint8 ``(N, H, W, 3)`` array or a list of file paths (with ``image_size``).
-        path: the ``.npy`` file.
-
-    Returns:
-        the features, memory-mapped read-only from ``path``.
-    """
-    path = os.fspath(path)
-    if not path.endswith(".npy"):
-        raise ValueError(f"path must name a .npy file, got {path!r}")
-    is_paths = isinstance(images, (list, tuple))
-    num_images = len(images)
-    if os.path.exists(path):
-        cached = np.load(path, mmap_mode="r", allow_pickle=False)
-        if len(cached) == num_images:
-            return cached
-    size = _size_pair(image_size)
-    chunks = []
-    for start in range(0, num_images, batch_size):
-        if is_paths:
-            batch = np.stack([load_image(p, size) for p in images[start : start + batch_size]])
-        else:
-            batch = np.asarray(images[start : start + batch_size])
-        batch = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch.astype(np.float32)
-        if isinstance(encoder, keras.layers.Layer):
-            output = encoder(batch, training=False)
-        else:
-            output = encoder(batch)
-        chunks.append(keras.ops.convert_to_numpy(output).astype(np.float32))
-    temporary = path[: -len(".npy")] + ".partial.npy"
-    np.save(temporary, np.concatenate(chunks) if chunks else np.zeros((0,), np.float32), allow_pickle=False)
-    os.replace(temporary, path)
-    return np.load(path, mmap_mode="r", allow_pickle=False)
