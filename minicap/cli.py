@@ -28,12 +28,22 @@ def parse_overrides(items):
     return overrides
 
 
+def _check_beam(width):
+    """A beam width below 1 is a mistake, not a request for greedy decoding (which is width 1)."""
+    if width < 1:
+        raise UserError(f"--beam must be a beam width of at least 1 (1: greedy decoding), got {width}")
+
+
 def _train(args):
     from minicap import trainer
 
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    epochs = overrides.get("epochs")
+    # Checked before anything is written: zero epochs would save an untrained model as if trained.
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise UserError(f"--epochs must be a positive number of passes over the training images, got {epochs!r}")
     if args.dataset:
         overrides["dataset"] = args.dataset
     config = trainer.profile(args.profile, **overrides)
@@ -48,6 +58,7 @@ def _caption(args):
     from minicap.generate import Generator
     from minicap.model import load_captioner
 
+    _check_beam(args.beam)
     model, tokenizer = load_captioner(args.model, args.tokenizer)
     size = model.config.image_size
     loaded, failed = [], 0
@@ -97,6 +108,7 @@ def _save_attention(target, model, images, tokens, captions, paths):
 def _evaluate(args):
     from minicap.model import load_captioner
 
+    _check_beam(args.beam)
     model, tokenizer = load_captioner(args.model, args.tokenizer)
     options = {"method": "beam", "beam_width": args.beam} if args.beam > 1 else {}
     if args.dataset == "shapes":

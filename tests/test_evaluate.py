@@ -4,10 +4,17 @@ import random
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from conftest import require
+from minicap.data.records import CaptionSet
+from minicap.data.shapes import Scene, ShapeObject, ShapesData
 from minicap.evaluate import (
-    cider_d, corpus_bleu, grounding_score, ngram_counts, object_patches, patch_overlap, tokenize,
+    cider_d, corpus_bleu, cross_attention, evaluate_caption_set, grounding_score, ngram_counts, object_patches,
+    patch_overlap, reference_grounding, tokenize,
 )
+from minicap.text import Tokenizer
+from stand_ins import TableModel, planted_attention_model
 
 
 # ---------------------------------------------------------------- tokenisation and n-grams
@@ -158,8 +165,9 @@ def _random_corpus(rng, images, vocabulary="a b c d e f g h".split()):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_matches_pycocoevalcap(seed):
-    bleu_module = pytest.importorskip("pycocoevalcap.bleu.bleu")
-    cider_module = pytest.importorskip("pycocoevalcap.cider.cider")
+    reason = "pycocoevalcap (the 'test' extra) is not installed"
+    bleu_module = require("pycocoevalcap.bleu.bleu", reason)
+    cider_module = require("pycocoevalcap.cider.cider", reason)
     rng = random.Random(seed)
     candidates, references = _random_corpus(rng, images=rng.randint(2, 12))
     # The official scorers take {image id: [tokenised captions joined by spaces]}.
@@ -260,3 +268,76 @@ def test_grounding_bad_input(change, match):
     arguments.update(change)
     with pytest.raises(ValueError, match=match):
         grounding_score(**arguments)
+
+
+# ---------------------------------------------------------------- planted attention and captions
+# Models with known answers (tests/stand_ins.py): a CaptionModel whose cross-attention at position t
+# looks at a patch chosen by the token at t, and a TableModel whose captions are fixed per image.
+
+def test_cross_attention_row_t_is_where_the_model_looks_after_token_t():
+    token_patches = np.random.default_rng(0).permutation(16)  # 16 tokens, 16 patches (4 x 4 grid)
+    model = planted_attention_model(token_patches, vocab_size=16)
+    tokens = np.array([[1, 5, 9, 2, 0, 0, 0], [1, 7, 3, 12, 14, 4, 2]])  # [START] ... [END] [PAD]
+    images = np.random.default_rng(1).random((2, 32, 32, 3)).astype("float32")
+    for layer in ("mean", 0, -1):
+        weights = cross_attention(model, images, tokens, layer)
+        assert weights.shape == (2, 7, 16)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(weights.argmax(-1), token_patches[tokens])
+        assert weights.max(-1).min() > 0.99
+
+
+def _scene(objects, patches, image_size=32, patch_size=8):
+    """A Scene whose object k fills exactly patch ``patches[k]`` of the grid."""
+    grid = image_size // patch_size
+    masks = np.zeros((len(objects), image_size, image_size), bool)
+    for k, patch in enumerate(patches):
+        row, col = divmod(patch, grid)
+        masks[k, row * patch_size:(row + 1) * patch_size, col * patch_size:(col + 1) * patch_size] = True
+    shapes = [ShapeObject(shape, colour, "large", (0.0, 0.0), 4.0) for colour, shape in objects]
+    return Scene(shapes, masks, image_size)
+
+
+def test_reference_grounding_on_planted_attention():
+    scenes = [_scene([("red", "circle")], [5]),  # mention (2, 0): the row of word 2 reads "red" -> 5: on it
+              _scene([("blue", "square")], [10]),  # (2, 0): "blue" -> 6, the square is on 10: missed
+              _scene([("red", "circle"), ("blue", "square")], [4, 6])]  # (2, 0) missed; (7, 1) found
+    captions = [["a red circle"], ["a blue square"], ["a red circle left of a blue square"]]
+    data = ShapesData(np.zeros((3, 32, 32, 3), np.uint8), captions, scenes, "val", 0)
+    tokenizer = Tokenizer.fit([c[0] for c in captions])
+    # Row w of the attention is where the model looks while writing word w, after reading word w - 1:
+    # the colour before each shape noun. Colours point at patches 5 and 6; every other token at patch
+    # 15, where no object lies, so a grounding that read the rows one word off would find nothing.
+    token_patches = np.full(len(tokenizer), 15)
+    token_patches[tokenizer.token_id("red")], token_patches[tokenizer.token_id("blue")] = 5, 6
+    model = planted_attention_model(token_patches, vocab_size=len(tokenizer), max_length=12)
+    score = reference_grounding(model, tokenizer, data, batch_size=2)
+    # Each object fills 1 patch of 16: chance 1/16.
+    assert score == {"grounding": 0.5, "chance": 1 / 16, "mentions": 4}
+
+
+def test_evaluate_caption_set_scores_the_captions_the_model_writes(tmp_path):
+    references = [["a red circle above a blue square", "a red circle over a blue square"],
+                  ["a green cross", "a small green cross"],
+                  ["two yellow triangles"]]
+    written = ["a red circle above a blue square", "a large green cross", "a yellow triangle"]
+    tokenizer = Tokenizer.fit(written + [r for refs in references for r in refs])
+    kinds, max_length = [0, 2, 4], 8
+    # Image kind k (red value k / 10) writes written[i] whatever it wrote before: its logits at
+    # position t favour word t, then [END].
+    tables = np.zeros((5, max_length, len(tokenizer)), "float32")
+    paths = []
+    for index, (kind, text) in enumerate(zip(kinds, written)):
+        for position, token in enumerate([tokenizer.token_id(w) for w in text.split()] + [tokenizer.end_id]):
+            tables[kind, position, token] = 5.0
+        paths.append(tmp_path / f"{index}.png")
+        Image.new("RGB", (20, 30), (kind * 255 // 10, 90, 200)).save(paths[-1])
+    model = TableModel(tables, max_length, keyed_by="position")
+    caption_set = CaptionSet(paths, references, split="test", name="tiny", image_size=1)
+    expected = {**corpus_bleu(written, references), "cider_d": cider_d(written, references)}
+    for method, options in (("greedy", {}), ("beam", {"beam_width": 2})):
+        metrics, captions = evaluate_caption_set(model, tokenizer, caption_set, method, batch_size=2, **options)
+        assert captions == written
+        assert metrics == pytest.approx(expected) and 0 < metrics["bleu4"] < 1 and 0 < metrics["cider_d"] < 10
+    with pytest.raises(ValueError, match="the tiny test split is empty"):
+        evaluate_caption_set(model, tokenizer, CaptionSet([], [], split="test", name="tiny", image_size=1))

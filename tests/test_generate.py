@@ -4,6 +4,7 @@ import pytest
 
 from minicap.generate import Generator, caption
 from minicap.model import CaptionConfig, CaptionModel
+from stand_ins import TableModel, prefix_code, prefix_rows, table_images
 
 VOCAB, START, END, PAD = 12, 1, 2, 0
 
@@ -139,3 +140,147 @@ def test_bad_inputs(generator, images):
         generator.beam_search(images, beam_width=0)
     with pytest.raises(ValueError, match="exceeds the model's 7 positions"):
         Generator(generator.model, START, END, PAD, max_length=9)
+
+
+# ---------------------------------------------------------------- known answers
+# A TableModel (tests/stand_ins.py) reads its logits from a table, so what each decoder must return
+# is known: the best caption of an exhaustive search, the sampling distribution, the greedy caption.
+
+TABLE_VOCAB, TABLE_LENGTH = 6, 3  # [PAD], [START], [END] and three words; captions of up to 3 tokens
+WORDS = (3, 4, 5)
+
+
+def allowed_log_probs(logits):
+    """log softmax over the tokens a decoder may write: never [PAD] or [START]."""
+    logits = np.array(logits, "float64")
+    logits[[PAD, START]] = -np.inf
+    return logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+
+
+def length_penalty(length, alpha):
+    """generate.py's definition: ((5 + length) / 6) ** alpha, the length counting [END]."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def exhaustive_search(tables, kind, alpha):
+    """Every caption the stand-in can write for an image of ``kind`` with its length-normalised
+    score, best first: ``[(score, [words..., END]), ...]``."""
+    ranked = []
+
+    def extend(prefix, total):
+        log_probs = allowed_log_probs(tables[kind, prefix_code(prefix, TABLE_VOCAB)])
+        for word in (END, *WORDS):
+            caption, score = prefix + [word], total + log_probs[word]
+            if word == END or len(caption) == TABLE_LENGTH:
+                ranked.append((score / length_penalty(len(caption), alpha), caption))
+            else:
+                extend(caption, score)
+
+    extend([], 0.0)
+    return sorted(ranked, key=lambda entry: -entry[0])
+
+
+def as_tokens(caption):
+    return [START, *caption] + [PAD] * (TABLE_LENGTH - len(caption))
+
+
+def table(rows=None, kinds=1):
+    """Tables of uniform logits over the allowed tokens, with ``rows`` = ``{(kind, prefix): {token:
+    probability}}`` set (the probabilities of each row sum to 1; unnamed tokens get ~0)."""
+    tables = np.zeros((kinds, prefix_rows(TABLE_VOCAB, TABLE_LENGTH), TABLE_VOCAB), "float32")
+    for (kind, prefix), probabilities in (rows or {}).items():
+        row = np.full(TABLE_VOCAB, np.log(1e-6))
+        for token, probability in probabilities.items():
+            row[token] = np.log(probability)
+        tables[kind, prefix_code(prefix, TABLE_VOCAB)] = row
+    return tables
+
+
+def test_length_penalty_by_hand():
+    # ((5 + 2) / 6) ** 0.6 = 1.16667 ** 0.6 = exp(0.6 * 0.15415) = 1.09690; one token: 1.
+    assert length_penalty(2, 0.6) == pytest.approx(1.09690, abs=1e-5)
+    assert length_penalty(1, 0.6) == 1.0 and length_penalty(3, 0.0) == 1.0
+
+
+def test_beam_search_returns_the_best_caption_of_an_exhaustive_search():
+    tables = np.random.default_rng(0).normal(0.0, 2.0, (4, prefix_rows(TABLE_VOCAB, TABLE_LENGTH), TABLE_VOCAB))
+    model = TableModel(tables, TABLE_LENGTH)
+    generator, images = Generator(model, START, END, PAD), table_images(range(4))
+    # 40 beams hold every hypothesis of up to 3 tokens (4 + 13 + 40 ...), so nothing is pruned.
+    for alpha in (0.0, 0.6, 1.0):
+        beam = generator.beam_search(images, beam_width=40, length_penalty=alpha)
+        for kind in range(4):
+            ranked = exhaustive_search(tables, kind, alpha)
+            assert ranked[0][0] - ranked[1][0] > 1e-4  # a clear winner, whatever the float rounding
+            assert beam[kind].tolist() == as_tokens(ranked[0][1]), (alpha, kind)
+        np.testing.assert_array_equal(beam, generator.beam_search(images, 40, alpha, cached=False))
+
+
+def test_narrow_beam_finds_the_best_caption_where_greedy_does_not():
+    a, b, c = WORDS
+    tables = table({
+        # Image 0: greedy takes a (0.5) and then ends (0.3): "a [END]", probability 0.15. The best is
+        # b (0.4) and [END] (0.9): probability 0.36, score log(0.36) / ((5 + 2) / 6) ** 0.6 =
+        # -1.02165 / 1.09690 = -0.93140.
+        (0, ()): {END: 0.1, a: 0.5, b: 0.4}, (0, (a,)): {END: 0.3, a: 0.25, b: 0.25, c: 0.2},
+        (0, (b,)): {END: 0.9, a: 0.05, b: 0.03, c: 0.02},
+        # Image 1: "[END]" at once has log(0.368) = -0.99967; "a b [END]" has log(0.632 * 0.75 *
+        # 0.668) = -1.15003, which the length penalty of 3 tokens, ((5 + 3) / 6) ** 0.6 = 1.18840,
+        # lifts to -0.96771: the longer caption wins with the penalty, the shorter one without.
+        (1, ()): {END: 0.368, a: 0.632}, (1, (a,)): {END: 0.15, a: 0.05, b: 0.75, c: 0.05},
+        (1, (a, b)): {END: 0.668, a: 0.332 / 3, b: 0.332 / 3, c: 0.332 / 3},
+    }, kinds=2)
+    model = TableModel(tables, TABLE_LENGTH)
+    generator, images = Generator(model, START, END, PAD), table_images([0, 1])
+    best = exhaustive_search(tables, 0, 0.6)[0]
+    assert best[1] == [b, END] and best[0] == pytest.approx(-0.93140, abs=1e-4)
+    assert exhaustive_search(tables, 1, 0.6)[0][1] == [a, b, END]
+    assert exhaustive_search(tables, 1, 0.0)[0][1] == [END]
+    assert generator.greedy(images)[0].tolist() == as_tokens([a, END])
+    for cached in (True, False):
+        assert generator.beam_search(images, 2, 0.6, cached=cached).tolist() == [as_tokens([b, END]),
+                                                                                 as_tokens([a, b, END])]
+        assert generator.beam_search(images, 2, 0.0, cached=cached)[1].tolist() == as_tokens([END])
+
+
+# Frequencies of sampled first words against softmax(logits / T). Each frequency of N draws is a
+# binomial proportion with standard deviation sqrt(p (1 - p) / N); a bound of 4 of them is exceeded by
+# chance with probability below 1e-4 per token (and the draws are seeded: the outcome is fixed). The
+# settings below differ from each other (and from T = 1) by 0.1 or more in some probability, about 9
+# standard deviations: a sampler that ignored T or top_k would fail.
+DRAWS = 2000
+FIRST_LOGITS = {PAD: 5.0, START: 5.0, END: 0.5, 3: 1.5, 4: 1.0, 5: -0.5}  # [PAD] and [START] never drawn
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.5, 0), (2.0, 0), (2.0, 2), (0.5, 3)])
+def test_sampled_first_words_follow_softmax_of_logits_over_temperature(temperature, top_k):
+    tables = np.zeros((1, prefix_rows(TABLE_VOCAB, TABLE_LENGTH), TABLE_VOCAB), "float32")
+    tables[0, 0, list(FIRST_LOGITS)] = list(FIRST_LOGITS.values())
+    generator = Generator(TableModel(tables, TABLE_LENGTH), START, END, PAD, max_length=1)
+    first = generator.sample(table_images([0] * DRAWS), temperature, top_k, seed=7)[:, 1]
+    logits = np.array([FIRST_LOGITS[token] for token in range(TABLE_VOCAB)]) / temperature
+    logits[[PAD, START]] = -np.inf
+    if top_k:
+        logits[logits < np.sort(logits)[-top_k]] = -np.inf
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    frequencies = np.bincount(first, minlength=TABLE_VOCAB) / DRAWS
+    bound = 4 * np.sqrt(expected * (1 - expected) / DRAWS)
+    assert (np.abs(frequencies - expected) <= bound).all(), (frequencies.round(3), expected.round(3))
+    if top_k:  # the bound is 0 where the probability is: every draw lies in the top k
+        assert set(first) <= set(np.argsort(logits)[-top_k:])
+
+
+def test_sampling_approaches_greedy_as_temperature_goes_to_zero():
+    rng = np.random.default_rng(1)
+    tables = rng.normal(0.0, 2.0, (4, prefix_rows(TABLE_VOCAB, TABLE_LENGTH), TABLE_VOCAB))
+    allowed = [END, *WORDS]
+    tables[..., allowed] += 0.1 * np.argsort(np.argsort(tables[..., allowed], axis=-1), axis=-1)  # gaps >= 0.1
+    # At T = 1e-3 a logit gap of g becomes 1000 g, and Gumbel noise of uniforms in [1e-9, 1) spans
+    # less than 24: gaps of 0.025 or more make the sample the argmax whatever the noise.
+    ordered = np.sort(tables[..., allowed], axis=-1)
+    assert (ordered[..., -1] - ordered[..., -2]).min() > 0.025
+    generator = Generator(TableModel(tables, TABLE_LENGTH), START, END, PAD)
+    images = table_images(np.arange(200) % 4)
+    greedy = generator.greedy(images)
+    np.testing.assert_array_equal(generator.sample(images, temperature=1e-3, seed=5), greedy)
+    assert not np.array_equal(generator.sample(images, temperature=1.0, seed=5), greedy)  # the noise matters

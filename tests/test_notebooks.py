@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
+
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 EXECUTED = ROOT / "_build" / "executed"
@@ -58,7 +60,7 @@ def test_notebook_structure(path):
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes_with_papermill(path):
-    papermill = pytest.importorskip("papermill")
+    papermill = require("papermill", "papermill (the 'test' extra) is not installed")
     declared = papermill.inspect_notebook(str(path))
     parameters = {k: v for k, v in QUICK_PROFILE.items() if k in declared}
     EXECUTED.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY_RUN
 from minicap import trainer
 from minicap.checkpoint import Checkpointer, save_model_atomic
 from minicap.data.flickr8k import read_token_file
@@ -28,18 +29,7 @@ from minicap.model import load_captioner
 from minicap.text import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = dict(num_train=32, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
-            num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=1,
-            warmup_steps=5, checkpoint_every=2, jit_compile="off")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A finished tiny training run: model.keras, tokenizer.json, config.json, ..."""
-    path = tmp_path_factory.mktemp("run") / "run"
-    trainer.train(trainer.profile("quick", **TINY), path, verbose=0)
-    keras.mixed_precision.set_global_policy("float32")
-    return path
+TINY = TINY_RUN  # the settings of the run_dir fixture (tests/conftest.py), a finished tiny training run
 
 
 def test_one_pixel_image_is_resized(tmp_path):

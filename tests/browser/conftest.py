@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import unavailable  # tests/conftest.py: skip locally, fail under CI
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = Path(os.environ.get("MINICAP_BOOK_HTML", ROOT / "_build" / "html"))  # the built book
@@ -28,13 +29,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MATHJAX_VERSION = "3.2.2"  # the built pages ask the CDN for mathjax@3; offline, this copy answers
 MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
-
-
-def unavailable(reason):
-    """Skip locally; fail under CI, where a missing prerequisite is a broken pipeline."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
 
 
 TOC = Path(os.environ.get("MINICAP_BOOK_TOC", ROOT / "_toc.yml"))  # the table of contents it was built from

@@ -1,0 +1,146 @@
+"""``minicap caption`` and ``minicap evaluate`` on a trained run, and the command line's usage errors.
+
+The commands run in this process through ``minicap.cli.main`` (what the ``minicap`` script calls);
+test_reliability.py runs the script itself as a subprocess for bad image files and bad models.
+"""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minicap.cli import main
+from minicap.data.images import load_image
+from minicap.data.shapes import make_shapes
+from minicap.evaluate import evaluate_shapes
+from minicap.generate import Generator
+from minicap.model import load_captioner
+
+METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "faithfulness", "grounding", "chance", "mentions")
+
+
+def minicap(capsys, *args):
+    """Run ``minicap ARGS``; return its exit status, standard output and standard error."""
+    status = main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return status or 0, out, err  # the script passes main's result to sys.exit, which reads None as 0
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two shapes scenes as 48-pixel PNG files (the model's 32 pixels: the command resizes them)."""
+    folder = tmp_path_factory.mktemp("images")
+    paths = [folder / f"scene{index}.png" for index in range(2)]
+    for path, image in zip(paths, make_shapes(2, split="val", seed=3, image_size=48).images):
+        Image.fromarray(image).save(path)
+    return paths
+
+
+def captions_of(run_dir, paths, beam_width=1):
+    """The captions the Python API writes for ``paths``."""
+    model, tokenizer = load_captioner(run_dir / "model.keras")
+    batch = np.stack([load_image(path, model.config.image_size) for path in paths]).astype("float32") / 255.0
+    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    tokens = generator.beam_search(batch, beam_width) if beam_width > 1 else generator.greedy(batch)
+    return tokenizer.decode_batch(tokens)
+
+
+@pytest.mark.parametrize("beam_width", [1, 3])
+def test_caption_prints_each_image_with_its_caption(capsys, monkeypatch, run_dir, images, beam_width):
+    widths, beam_search = [], Generator.beam_search
+
+    def spy(self, batch, beam_width=5, *args, **kwargs):  # which decoder the command chose
+        widths.append(beam_width)
+        return beam_search(self, batch, beam_width, *args, **kwargs)
+
+    monkeypatch.setattr(Generator, "beam_search", spy)
+    status, out, err = minicap(capsys, "caption", *images, "--model", run_dir / "model.keras", "--beam", beam_width)
+    assert status == 0, err
+    assert widths == ([beam_width] if beam_width > 1 else [])
+    monkeypatch.undo()
+    expected = captions_of(run_dir, images, beam_width)
+    assert out.splitlines() == [f"{path}\t{caption}" for path, caption in zip(images, expected)]
+
+
+def test_caption_saves_each_image_s_word_attention_as_a_png(capsys, run_dir, images, tmp_path):
+    status, _, err = minicap(capsys, "caption", images[0], "--model", run_dir / "model.keras",
+                             "--attention", tmp_path / "one.png")
+    assert status == 0, err
+    status, _, err = minicap(capsys, "caption", *images, "--model", run_dir / "model.keras",
+                             "--attention", tmp_path / "two.png")
+    assert status == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "two-0.png", "two-1.png"]
+    assert f"saved to {tmp_path / 'two-1.png'}" in err
+    for path in tmp_path.iterdir():
+        with Image.open(path) as figure:
+            assert figure.format == "PNG" and min(figure.size) >= 100
+            figure.verify()  # a whole image, not a truncated file
+
+
+@pytest.mark.parametrize("beam_width", [1, 2])
+def test_evaluate_json_reports_the_metrics_of_the_api(capsys, run_dir, beam_width):
+    status, out, err = minicap(capsys, "evaluate", "--model", run_dir / "model.keras", "--num", 12, "--json",
+                               "--beam", beam_width)
+    assert status == 0, err
+    metrics = json.loads(out)  # NaN (grounding without mentions) reads back as nan
+    assert list(metrics) == ["dataset", "split", "images", *METRICS]
+    assert (metrics["dataset"], metrics["split"], metrics["images"]) == ("shapes", "test", 12)
+    for name in ("bleu1", "bleu2", "bleu3", "bleu4", "faithfulness"):
+        assert 0.0 <= metrics[name] <= 1.0, name
+    assert 0.0 <= metrics["cider_d"] <= 10.0 and metrics["mentions"] == int(metrics["mentions"]) >= 0
+    if metrics["mentions"]:
+        assert 0.0 <= metrics["grounding"] <= 1.0 and 0.0 < metrics["chance"] <= 1.0
+    else:  # no caption named an object of its scene
+        assert math.isnan(metrics["grounding"]) and math.isnan(metrics["chance"])
+    # The held-out scenes of seed 2, drawn as the model was trained (max_objects 1, from train_config.json).
+    model, tokenizer = load_captioner(run_dir / "model.keras")
+    data = make_shapes(12, split="heldout", seed=2, image_size=32, max_objects=1)
+    options = {"method": "beam", "beam_width": beam_width} if beam_width > 1 else {}
+    expected, _ = evaluate_shapes(model, tokenizer, data, **options)
+    for name in METRICS:
+        assert metrics[name] == pytest.approx(expected[name], nan_ok=True), name
+
+
+# ---------------------------------------------------------------- usage errors: exit status 2, one line
+
+def one_line_error(capsys, *args):
+    status, out, err = minicap(capsys, *args)
+    assert status == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("width", [0, -2])
+@pytest.mark.parametrize("command", ["caption", "evaluate"])
+def test_a_beam_width_below_one_is_refused(capsys, tmp_path, command, width):
+    images = [tmp_path / "image.png"] if command == "caption" else []
+    # Refused before the model is read: this one does not even exist.
+    message = one_line_error(capsys, command, *images, "--model", tmp_path / "model.keras", "--beam", width)
+    assert message == (f"minicap {command}: error: --beam must be a beam width of at least 1 (1: greedy "
+                       f"decoding), got {width}")
+
+
+@pytest.mark.parametrize("epochs", [["--epochs", "0"], ["--epochs", "-1"], ["--set", "epochs=0"]])
+def test_training_for_no_epochs_is_refused_before_anything_is_written(capsys, tmp_path, epochs):
+    message = one_line_error(capsys, "train", "-o", tmp_path / "run", *epochs)
+    value = epochs[1].split("=")[-1]
+    assert message == (f"minicap train: error: --epochs must be a positive number of passes over the training "
+                       f"images, got {value}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_not_a_model_is_named_before_the_tokenizer_is_looked_for(capsys, tmp_path, monkeypatch,
+                                                                               run_dir):
+    monkeypatch.chdir(tmp_path)  # the tokenizer's default place is next to the model: ./tokenizer.json
+    Image.new("RGB", (8, 8)).save("x.png")
+    (tmp_path / "notamodel.keras").write_text("hello")
+    message = one_line_error(capsys, "caption", "x.png", "--model", "notamodel.keras")
+    assert message.startswith("minicap caption: error: notamodel.keras is not a Keras model file")
+    # A real model without its tokenizer: now the tokenizer is what is missing.
+    (tmp_path / "run").mkdir()
+    shutil.copy(run_dir / "model.keras", tmp_path / "run" / "model.keras")
+    message = one_line_error(capsys, "caption", "x.png", "--model", "run/model.keras")
+    assert message == "minicap caption: error: run/tokenizer.json: no such tokenizer file"
