@@ -146,6 +146,7 @@ class DecoderLayer(keras.layers.Layer):
             ``(output, new_cache)`` or ``(output, new_cache, self_weights, cross_weights)``; output
             is ``(batch, t, model_dim)``.
         """
+        # [start-decoder-step-cache]
         normed = self.self_attention_norm(inputs)
         new_key, new_value = self.self_attention.project_key_value(normed)  # (B, t, H, Dh)
         self_key = _slice_update_positions(cache["self_key"], new_key, index)  # (B, L, H, Dh)
@@ -154,6 +155,7 @@ class DecoderLayer(keras.layers.Layer):
         mask = causal_mask(length, max_length, offset=index)[None]  # (1, t, L): earlier positions and itself
         if key_mask is not None:
             mask = ops.logical_and(mask, key_mask)  # (B, t, L)
+        # [end-decoder-step-cache]
         attended = self.self_attention.attend(normed, self_key, self_value, mask, return_attention_scores,
                                               training=False)
         attended, self_weights = attended if return_attention_scores else (attended, None)
