@@ -45,9 +45,12 @@ def _train(args):
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise UserError(f"--epochs must be a positive number of passes over the training images, got {epochs!r}")
     if args.dataset:
-        overrides["dataset"] = args.dataset
+        overrides["dataset"] = _dataset(args.dataset)
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
     config = trainer.profile(args.profile, **overrides)
-    result = trainer.train(config, args.output, overwrite=args.overwrite, verbose=1 if sys.stdout.isatty() else 2)
+    output = args.output or os.path.join("runs", args.profile)
+    result = trainer.train(config, output, overwrite=args.overwrite, verbose=1 if sys.stdout.isatty() else 2)
     print(f"trained model saved to {result.model_path}")
 
 
@@ -105,28 +108,62 @@ def _save_attention(target, model, images, tokens, captions, paths):
         print(f"attention of {path} saved to {out}", file=sys.stderr)
 
 
+def _dataset(value):
+    """A built-in data set's name, or the absolute path of a folder / CSV file of captioned images."""
+    if value in ("shapes", "flickr8k", "coco"):
+        return value
+    if not os.path.exists(value):
+        raise UserError(f"--dataset {value!r} is neither shapes, flickr8k, coco nor an existing folder or CSV file")
+    return os.path.abspath(value)
+
+
+def _run_settings(model_path):
+    """The training settings saved next to a model (train_config.json), or {} when there are none."""
+    from pathlib import Path
+
+    saved = Path(model_path).with_name("train_config.json")
+    return json.loads(saved.read_text()) if saved.exists() else {}
+
+
 def _evaluate(args):
     from minicap.model import load_captioner
 
     _check_beam(args.beam)
     model, tokenizer = load_captioner(args.model, args.tokenizer)
     options = {"method": "beam", "beam_width": args.beam} if args.beam > 1 else {}
-    if args.dataset == "shapes":
+    dataset, split = _dataset(args.dataset), args.split
+    if dataset == "shapes":
         from minicap.data.shapes import make_shapes
         from minicap.evaluate import evaluate_shapes
 
-        split = {"test": "heldout"}.get(args.split, args.split)
-        data = make_shapes(args.num, split=split, seed=args.seed, image_size=model.config.image_size,
+        split = split or "test"
+        data = make_shapes(args.num, split={"test": "heldout"}.get(split, split), seed=args.seed,
+                           image_size=model.config.image_size,
                            max_objects=args.max_objects or _trained_max_objects(args.model))
         metrics, _ = evaluate_shapes(model, tokenizer, data, **options)
     else:
-        from minicap.data import coco, flickr8k
+        from minicap import trainer
         from minicap.evaluate import evaluate_caption_set
 
-        load = flickr8k.load_flickr8k if args.dataset == "flickr8k" else coco.load_coco
-        data = load(args.split, image_size=model.config.image_size)
+        # The data settings the model was trained with (a mirror, a data folder), when it was trained on this data set.
+        trained = _run_settings(args.model)
+        settings = {key: trained[key] for key in ("data_dir", "data_url", "data_hashes")
+                    if key in trained and trained.get("dataset") == dataset}
+        if args.data_dir:
+            settings["data_dir"] = args.data_dir
+        if dataset in ("flickr8k", "coco"):
+            from minicap.data import real_datasets
+
+            split = split or "test"
+            data = real_datasets.load_split(trainer.TrainConfig(dataset=dataset, **settings), split,
+                                            model.config.image_size)
+        else:
+            from minicap.data.folder import load_caption_folder
+
+            split = split or "val"
+            data = load_caption_folder(dataset, split, image_size=model.config.image_size)
         metrics, _ = evaluate_caption_set(model, tokenizer, data, **options)
-    metrics = {"dataset": args.dataset, "split": args.split, "images": len(data), **metrics}
+    metrics = {"dataset": args.dataset, "split": split, "images": len(data), **metrics}
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
@@ -136,10 +173,7 @@ def _evaluate(args):
 
 def _trained_max_objects(model_path):
     """The shapes scenes' max_objects the model was trained on (train_config.json beside it), else 3."""
-    from pathlib import Path
-
-    saved = Path(model_path).with_name("train_config.json")
-    return json.loads(saved.read_text()).get("max_objects", 3) if saved.exists() else 3
+    return _run_settings(model_path).get("max_objects", 3)
 
 
 def _kernel(args):
@@ -180,10 +214,15 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a captioning model (resumes an interrupted run)")
-    train.add_argument("--profile", default="quick", help="quick (CPU, minutes) or gpu")
-    train.add_argument("--dataset", choices=["shapes", "flickr8k", "coco"], help="default: the profile's (shapes)")
+    train.add_argument("--profile", default="quick",
+                       help="quick (shapes, CPU, minutes), photos (pretrained ViT-B/32, Flickr8k, GPU) or gpu (larger shapes)")
+    train.add_argument("--dataset", metavar="NAME|PATH",
+                       help="shapes, flickr8k, coco, or a folder (or CSV file) of your own captioned images with a "
+                            "captions.csv of the header image,caption (default: the profile's)")
+    train.add_argument("--data-dir", metavar="DIR",
+                       help="where downloads and feature caches go (default: $MINICAP_DATA or ~/.keras/datasets/minicap)")
     train.add_argument("--epochs", type=int, help="passes over the training images (default: the profile's)")
-    train.add_argument("--output", "-o", default="runs/quick", help="run directory (default: runs/quick)")
+    train.add_argument("--output", "-o", help="run directory (default: runs/PROFILE)")
     train.add_argument("--set", action="append", metavar="NAME=VALUE",
                        help="override a training setting, e.g. --set model_dim=256 (repeatable)")
     train.add_argument("--overwrite", action="store_true",
@@ -201,8 +240,11 @@ def build_parser():
     evaluate = commands.add_parser("evaluate", help="score a model: BLEU, CIDEr-D (+ faithfulness, grounding on shapes)")
     evaluate.add_argument("--model", "-m", required=True, help="model.keras written by minicap train")
     evaluate.add_argument("--tokenizer", help="its tokenizer.json (default: next to the model)")
-    evaluate.add_argument("--dataset", choices=["shapes", "flickr8k", "coco"], default="shapes")
-    evaluate.add_argument("--split", default="test", help="shapes: train, val, heldout (= test); real: train, val, test")
+    evaluate.add_argument("--dataset", default="shapes", metavar="NAME|PATH",
+                          help="shapes (default), flickr8k, coco, or a folder / CSV file of captioned images")
+    evaluate.add_argument("--split", help="shapes: train, val, heldout (= test, the default); flickr8k/coco: train, "
+                                          "val, test (default); a folder: val (default), train, test, all")
+    evaluate.add_argument("--data-dir", metavar="DIR", help="where flickr8k/coco are kept (default: as trained)")
     evaluate.add_argument("--num", type=int, default=200, help="shapes scenes to evaluate (default 200)")
     evaluate.add_argument("--max-objects", type=int, help="shapes: most objects per scene (default: as trained)")
     evaluate.add_argument("--seed", type=int, default=2, help="shapes: the scenes' seed")

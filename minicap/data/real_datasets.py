@@ -31,22 +31,26 @@ def _mirror(base, names):
 def load(config):
     """``(train, val)`` of ``config.dataset``: Flickr8k's train/dev lists, or COCO's Karpathy
     train (with restval) / val; downloaded to ``config.data_dir`` (or the default cache) on demand."""
-    data_dir = getattr(config, "data_dir", "")
+    return load_split(config, "train"), load_split(config, "val")
+
+
+def load_split(config, split, image_size=None):
+    """One split (``"train"``, ``"val"`` or ``"test"``) of ``config.dataset``, with ``config``'s data
+    settings (``data_dir``, ``data_url``, ``data_hashes``), its images resized to ``image_size``
+    (default: the model's)."""
+    data_dir = config.data_dir
     cache_dir = os.path.join(data_dir, config.dataset) if data_dir else None
-    image_size = config.model.image_size
-    base, hashes = getattr(config, "data_url", ""), dict(getattr(config, "data_hashes", {}) or {})
+    image_size = image_size or config.model.image_size
+    base, hashes = config.data_url, dict(config.data_hashes or {})
+    known = {"flickr8k": ARCHIVES, "coco": COCO_ARCHIVES}.get(config.dataset)
+    if known is None:
+        raise ValueError(f"unknown dataset {config.dataset!r}; choose 'shapes', one of {DATASETS}, or a folder path")
+    unknown = sorted(set(hashes) - set(known))
+    if unknown:
+        raise ValueError(f"data_hashes for {config.dataset} name unknown archives {unknown}; known: {sorted(known)}")
     if config.dataset == "flickr8k":
-        unknown = sorted(set(hashes) - set(ARCHIVES))
-        if unknown:
-            raise ValueError(f"data_hashes for flickr8k name unknown archives {unknown}; known: {sorted(ARCHIVES)}")
         options = dict(hashes=hashes, image_size=image_size)
         if base:
             options["base_url"] = base if base.endswith("/") else base + "/"
-        return load_flickr8k("train", cache_dir, **options), load_flickr8k("dev", cache_dir, **options)
-    if config.dataset == "coco":
-        unknown = sorted(set(hashes) - set(COCO_ARCHIVES))
-        if unknown:
-            raise ValueError(f"data_hashes for coco name unknown archives {unknown}; known: {sorted(COCO_ARCHIVES)}")
-        options = dict(urls=_mirror(base, COCO_ARCHIVES), hashes=hashes, image_size=image_size)
-        return load_coco("train", cache_dir, **options), load_coco("val", cache_dir, **options)
-    raise ValueError(f"unknown dataset {config.dataset!r}; choose 'shapes', one of {DATASETS}, or a folder path")
+        return load_flickr8k(split, cache_dir, **options)
+    return load_coco(split, cache_dir, urls=_mirror(base, COCO_ARCHIVES), hashes=hashes, image_size=image_size)
