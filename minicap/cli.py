@@ -40,10 +40,6 @@ def _train(args):
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    epochs = overrides.get("epochs")
-    # Checked before anything is written: zero epochs would save an untrained model as if trained.
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise UserError(f"--epochs must be a positive number of passes over the training images, got {epochs!r}")
     if args.dataset:
         overrides["dataset"] = _dataset(args.dataset)
     if args.data_dir:
