@@ -425,14 +425,15 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         repeats = repeats or 3
         skipped = []
         settings = profile("quick")
-        shapes = make_shapes(256 if quick else 1024, image_size=settings.image_size, max_objects=settings.max_objects)
+        shapes = make_shapes(256 if quick else 1024, image_size=settings.model.image_size,
+                             max_objects=settings.max_objects)
         from minicap.text import Tokenizer
 
         vocab_size = len(Tokenizer.fit([c for refs in shapes.captions for c in refs]))
         quick_model = quick_config(vocab_size)
         records = []
         log(f"input pipeline: CaptionBatches over {len(shapes.images)} shapes images")
-        records.append(bench_pipeline("quick", shapes.images, shapes.captions, settings.max_length,
+        records.append(bench_pipeline("quick", shapes.images, shapes.captions, settings.model.max_length,
                                       settings.batch_size, context))
         log("training: quick profile, minicap and stock")
         records += bench_training("quick", quick_model, batch_sizes or (settings.batch_size,), steps, repeats,
