@@ -50,7 +50,7 @@ class TrainConfig:
     word_dropout: float = 0.0        # chance of replacing each decoder input word by [UNK] (training only)
     cache_features: bool = True      # frozen pretrained backbone: compute its features once, keep them on disk
     mixed_precision: bool = False    # bfloat16 (float16 on GPUs older than Ampere), float32 weights
-    jit_compile: str = "auto"        # XLA: "auto" (Keras decides), "on" or "off"
+    jit_compile: str = "auto"        # XLA: "auto" (TensorFlow, JAX: on; PyTorch: off; see JIT_BY_BACKEND), "on", "off"
     checkpoint_every: int = 200      # steps between checkpoints (also one at each epoch's end)
     seed: int = 0                    # seeds data order, initial weights and dropout
 
