@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -145,39 +144,72 @@ def test_the_photos_profile_is_the_articles_model():
     assert (model.num_patches, model.feature_dim) == (49, 768)
 
 
-def _cli_train(run_dir, *extra):
+# `minicap train` with one more Keras callback, which SIGKILLs its own process once the optimizer has taken
+# step {step}: the kill lands on a chosen step, and nothing (not even Python's exit handlers) runs after it.
+KILLED_AT_STEP = """
+import os, signal, sys
+import keras
+from minicap import cli, trainer
+
+class KillAtStep(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train = trainer.train
+trainer.train = lambda *args, **kwargs: train(*args, callbacks=[KillAtStep()], **kwargs)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _cli_train(run_dir, *extra, kill_at_step=None):
     settings = [f"--set={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in TINY.items()]
-    command = [sys.executable, "-m", "minicap.cli", "train", "-o", str(run_dir), *settings, "--set=epochs=3", *extra]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    program = ["-m", "minicap.cli"] if kill_at_step is None else ["-c", KILLED_AT_STEP.format(step=kill_at_step)]
+    command = [sys.executable, *program, "train", "-o", str(run_dir), *settings, "--set=epochs=3", *extra]
+    # Unbuffered, so that what a killed process printed is not lost with it.
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.slow
 def test_minicap_train_killed_with_sigkill_resumes_and_finishes(tmp_path):
+    # 12 steps per epoch, 3 epochs, a checkpoint every 2 steps. Killed at step 7 (the last checkpoint is
+    # step 6, in epoch 1), then, resumed, at step 17 (checkpoint 16, in epoch 2); then left to finish.
     run_dir = tmp_path / "run"
-    state = run_dir / "checkpoints" / "state.json"
-    rng = np.random.default_rng(0)
-    for kill in range(2):  # kill twice, each time a random moment after a checkpoint exists
-        process = _cli_train(run_dir)
-        deadline = time.time() + 300
-        previous = json.loads(state.read_text())["step"] if state.exists() else 0
-        while time.time() < deadline and process.poll() is None:
-            if state.exists() and json.loads(state.read_text())["step"] > previous:
-                break
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.5))
-        if process.poll() is not None:
-            pytest.fail(f"training ended before it could be killed:\n{process.stdout.read()}")
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    for kill_at_step, resumed_from in ((7, None), (17, 6)):
+        killed = _cli_train(run_dir, kill_at_step=kill_at_step)
+        assert killed.returncode == -signal.SIGKILL, killed.stdout
+        if resumed_from is None:
+            assert "resuming" not in killed.stdout
+        else:
+            assert f"resuming {run_dir} from step 6 (epoch 1, batch 6)" in killed.stdout
+        assert json.loads((run_dir / "checkpoints" / "state.json").read_text())["step"] == kill_at_step - 1
         assert not (run_dir / "model.keras").exists()
-    process = _cli_train(run_dir)
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output
-    assert "resuming" in output and "trained model saved" in output
+    finished = _cli_train(run_dir)
+    assert finished.returncode == 0, finished.stdout
+    assert f"resuming {run_dir} from step 16 (epoch 2, batch 4)" in finished.stdout
+    assert "trained model saved" in finished.stdout
     history = json.loads((run_dir / "history.json").read_text())
     assert history["step"] == list(range(1, 3 * 12 + 1))  # every step exactly once, despite two kills
+
+    # Without dropout, training is deterministic on a CPU: the killed and resumed run ends with the
+    # uninterrupted run's model, so the resumes restored weights, optimizer state and batch order.
+    whole = trainer.train(tiny(epochs=3), tmp_path / "whole", verbose=0)
+    assert whole.model.config.dropout == 0.0
+    assert json.loads((run_dir / "train_config.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "train_config.json").read_text())
+    resumed, _ = trainer.load_run(run_dir)
+    assert len(resumed.weights) == len(whole.model.weights)
+    for weight, expected in zip(resumed.weights, whole.model.weights):  # in the same order (not the same names)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(weight), keras.ops.convert_to_numpy(expected),
+                                   rtol=1e-5, atol=1e-6, err_msg=weight.path)
+    # The per-step losses are running means over an epoch, which a resume restarts: those saved before the
+    # first kill and those of the last epoch equal the uninterrupted run's; every epoch's val_loss does.
+    expected = whole.history
+    np.testing.assert_allclose(history["loss"][:6], expected["loss"][:6], rtol=1e-5)
+    np.testing.assert_allclose(history["loss"][24:], expected["loss"][24:], rtol=1e-5)
+    np.testing.assert_allclose([e["val_loss"] for e in history["epochs"]],
+                               [e["val_loss"] for e in expected["epochs"]], rtol=1e-5)
     # And the trained model is never overwritten without --overwrite.
-    process = _cli_train(run_dir)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 2 and "--overwrite" in output
+    refused = _cli_train(run_dir)
+    assert refused.returncode == 2 and "--overwrite" in refused.stdout
