@@ -9,6 +9,7 @@ from keras import ops
 from conftest import require
 from layer_checks import check_layer
 from minicap.encoder import VIT_INSTALL_HINT, EncoderLayer, FeedForward, ViTBackbone, VisionEncoder
+from photo_stand_ins import official_key, write_vit_weights
 
 
 def test_feed_forward_contract_and_shape(tmp_path):
@@ -115,41 +116,8 @@ def test_backbone_rejects_unknown_variant():
 SMALL_VIT = dict(variant=None, patch_size=8, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32)
 
 
-def _official_key(path):
-    """The key of a vit-keras weight (its Keras path) in the official ``.npz`` files."""
-    path = path.replace("/gamma", "/scale").replace("/beta", "/bias")
-    if path == "class_token/cls":
-        return "cls"
-    path = path.replace("Transformer_posembed_input", "Transformer/posembed_input")
-    path = path.replace("Transformer_encoder_norm", "Transformer/encoder_norm")
-    parts = path.split("/")
-    if parts[0].startswith("Transformer_encoderblock_"):
-        block = parts[0].replace("Transformer_encoderblock_", "Transformer/encoderblock_")
-        if parts[1] == "MlpBlock_3":  # Keras names its Dense layers "<block>_Dense_0"
-            parts[2] = parts[2].split("_")[-2] + "_" + parts[2].split("_")[-1]
-        path = "/".join([block] + parts[1:])
-    return path
-
-
 def _write_official_weights(path, vit_model, heads):
-    """Random weights for ``vit_model`` in the official (Flax) layout: attention kernels split by head."""
-    rng = np.random.default_rng(1)
-    arrays = {}
-    for weight in vit_model.weights:
-        shape = tuple(weight.shape)
-        key = _official_key(weight.path)
-        if "MultiHeadDotProductAttention_1" in key:
-            if key.endswith("out/kernel"):
-                shape = (heads, shape[0] // heads, shape[1])
-            elif key.endswith("kernel"):
-                shape = (shape[0], heads, shape[1] // heads)
-            elif not key.endswith("out/bias"):
-                shape = (heads, shape[0] // heads)
-        arrays[key] = rng.normal(size=shape).astype("float32")
-    arrays["head/kernel"] = np.zeros((16, 10), "float32")  # official files carry the classifier too
-    arrays["head/bias"] = np.zeros((10,), "float32")
-    np.savez(path, **arrays)
-    return arrays
+    return write_vit_weights(path, vit_model, heads)
 
 
 def test_backbone_loads_official_weights_and_returns_patch_tokens(tmp_path):
@@ -160,7 +128,7 @@ def test_backbone_loads_official_weights_and_returns_patch_tokens(tmp_path):
     backbone.load_weights_from(str(path))
     for weight in backbone.vit.weights:  # every ViT weight comes from the file
         np.testing.assert_array_equal(ops.convert_to_numpy(weight),
-                                      arrays[_official_key(weight.path)].reshape(weight.shape))
+                                      arrays[official_key(weight.path)].reshape(weight.shape))
     images = np.random.rand(2, 32, 32, 3).astype("float32")
     features = check_layer(backbone, [images], tmp_path, atol=1e-5)
     assert features.shape == (2, 16, 16)  # 4x4 patch tokens of width 16, the class token dropped

@@ -1,0 +1,172 @@
+"""Offline stand-ins, in the real formats, for what the photos path downloads.
+
+No machine of the project reaches Flickr8k's or vit-keras's hosts, so the tests build the same files:
+
+- :func:`write_flickr8k`: ``Flickr8k_Dataset.zip`` (JPEGs of several sizes and colour modes in
+  ``Flicker8k_Dataset/``) and ``Flickr8k_text.zip`` (``Flickr8k.token.txt`` and the three official split
+  lists), served by :func:`serve` from 127.0.0.1 so that the real download, checksum and extraction run;
+- :func:`write_vit_weights`: a ViT's weights in the official ``.npz`` key layout (attention kernels
+  split by head, a classifier head included), random values; :func:`install_vit_weights` puts the
+  ViT-B/32 file where vit-keras looks for its download (``$KERAS_HOME/weights``);
+- :func:`write_caption_folder`: a reader's own folder of photos with a ``captions.csv``.
+"""
+import contextlib
+import functools
+import hashlib
+import http.server
+import io
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# A tiny world of photos: each image is a coloured scene whose captions name its colour and subject.
+SUBJECTS = ("dog", "child", "bicycle", "boat", "horse")
+COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210), "yellow": (230, 200, 40)}
+# (width, height, PIL mode): landscape and portrait photos, a tiny one, grayscale and CMYK JPEGs.
+FORMATS = [(500, 375, "RGB"), (333, 500, "RGB"), (640, 427, "L"), (48, 40, "RGB"), (500, 333, "CMYK")]
+
+
+def photo(index, rng):
+    """A JPEG of image ``index`` (bytes) and its five captions."""
+    colour = list(COLOURS)[index % len(COLOURS)]
+    subject = SUBJECTS[index % len(SUBJECTS)]
+    width, height, mode = FORMATS[index % len(FORMATS)]
+    pixels = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    captions = [f"A {colour} {subject} in the picture .", f"a {subject} that is {colour}",
+                f"There is a {colour} {subject} here .", f"A photo of a {subject} , {colour} all over .",
+                f"the {colour} {subject}"]
+    return buffer.getvalue(), captions
+
+
+def write_flickr8k(directory, splits=(("train", 12), ("dev", 4), ("test", 4)), seed=0):
+    """Write the two Flickr8k archives into ``directory``; return ``{"text": ..., "images": ...}``
+    SHA-256 digests (the form ``data_hashes`` takes) and the image names per split."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names, lines, index = {}, [], 0
+    with zipfile.ZipFile(directory / "Flickr8k_Dataset.zip", "w") as images:
+        for split, count in splits:
+            names[split] = []
+            for _ in range(count):
+                name = f"{1000 + index}_{index:04x}.jpg"
+                data, captions = photo(index, rng)
+                images.writestr(f"Flicker8k_Dataset/{name}", data)
+                lines += [f"{name}#{number}\t{caption}" for number, caption in enumerate(captions)]
+                names[split].append(name)
+                index += 1
+    split_files = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
+                   "test": "Flickr_8k.testImages.txt"}
+    with zipfile.ZipFile(directory / "Flickr8k_text.zip", "w") as text:
+        text.writestr("Flickr8k.token.txt", "\n".join(lines) + "\n")
+        for split, file in split_files.items():
+            text.writestr(file, "\n".join(names.get(split, [])) + "\n")
+    digests = {key: "sha256:" + hashlib.sha256((directory / file).read_bytes()).hexdigest()
+               for key, file in (("text", "Flickr8k_text.zip"), ("images", "Flickr8k_Dataset.zip"))}
+    return digests, names
+
+
+def write_caption_folder(folder, count=10, seed=1, layout="csv"):
+    """A reader's own folder: ``count`` photos and a ``captions.csv`` (``image,caption``, five rows per
+    image); ``layout="kaggle"`` writes Kaggle's Flickr8k layout instead (``captions.txt`` + ``Images/``)."""
+    folder = Path(folder)
+    image_dir = folder / ("Images" if layout == "kaggle" else "photos")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = ["image,caption"]
+    for index in range(count):
+        data, captions = photo(index, rng)
+        name = f"photo_{index:03d}.jpg"
+        (image_dir / name).write_bytes(data)
+        relative = name if layout == "kaggle" else f"photos/{name}"
+        rows += [f'{relative},"{caption}"' for caption in captions]
+    (folder / ("captions.txt" if layout == "kaggle" else "captions.csv")).write_text("\n".join(rows) + "\n")
+    return folder
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory):
+    """Serve ``directory`` over HTTP on 127.0.0.1 (a free port); yield its base URL, ending in ``/``."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def official_key(path):
+    """The key of a vit-keras weight (its Keras path) in the official ``.npz`` files."""
+    path = path.replace("/gamma", "/scale").replace("/beta", "/bias")
+    if path == "class_token/cls":
+        return "cls"
+    path = path.replace("Transformer_posembed_input", "Transformer/posembed_input")
+    path = path.replace("Transformer_encoder_norm", "Transformer/encoder_norm")
+    parts = path.split("/")
+    if parts[0].startswith("Transformer_encoderblock_"):
+        block = parts[0].replace("Transformer_encoderblock_", "Transformer/encoderblock_")
+        if parts[1] == "MlpBlock_3":  # Keras names its Dense layers "<block>_Dense_0"
+            parts[2] = parts[2].split("_")[-2] + "_" + parts[2].split("_")[-1]
+        path = "/".join([block] + parts[1:])
+    return path
+
+
+def write_vit_weights(path, vit_model, heads, scale=1.0, seed=1):
+    """Random weights for ``vit_model`` (a vit-keras model) in the official (Flax) layout, attention
+    kernels split by head, plus a 10-class head as the official files carry; return the arrays.
+
+    ``scale`` is the standard deviation of the values (1 by default; 0.02, as ViT initialises, keeps a
+    12-layer network's activations in range). Norm scales are drawn around 1."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for weight in vit_model.weights:
+        shape = tuple(weight.shape)
+        key = official_key(weight.path)
+        if "MultiHeadDotProductAttention_1" in key:
+            if key.endswith("out/kernel"):
+                shape = (heads, shape[0] // heads, shape[1])
+            elif key.endswith("kernel"):
+                shape = (shape[0], heads, shape[1] // heads)
+            elif not key.endswith("out/bias"):
+                shape = (heads, shape[0] // heads)
+        values = rng.normal(0.0, scale, size=shape)
+        if key.endswith("/scale"):
+            values = 1.0 + values
+        arrays[key] = values.astype("float32")
+    width = arrays["cls"].shape[-1]
+    arrays["head/kernel"] = np.zeros((width, 10), "float32")
+    arrays["head/bias"] = np.zeros((10,), "float32")
+    np.savez(path, **arrays)
+    return arrays
+
+
+def install_vit_weights(keras_home, variant="vit-b32", weights="imagenet21k+imagenet2012"):
+    """Write random ViT-B weights where vit-keras's download looks first, ``keras_home/weights``
+    (``ViT-B_32_imagenet21k+imagenet2012.npz``), so that loading the "pretrained" backbone runs the
+    real code path offline. Return the file's path."""
+    from minicap.encoder import VIT_VARIANTS, ViTBackbone
+
+    size = {"vit-b16": "B_16", "vit-b32": "B_32"}[variant]
+    target = Path(keras_home) / "weights" / f"ViT-{size}_{weights}.npz"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    backbone = ViTBackbone(224, variant=variant, name="stand_in_vit")  # the official files are for 224 pixels
+    partial = target.with_name(target.name + ".partial.npz")
+    write_vit_weights(partial, backbone.vit, heads=VIT_VARIANTS[variant]["num_heads"], scale=0.02)
+    partial.replace(target)
+    return target

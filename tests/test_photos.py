@@ -1,0 +1,141 @@
+"""The photos path end to end, offline: ``minicap train --profile photos`` downloads Flickr8k (stand-in
+archives served from 127.0.0.1), verifies and extracts them, loads the "pretrained" ViT-B/32 (stand-in
+weights where vit-keras looks), computes and caches the frozen backbone's features, trains, is killed
+with SIGKILL at points the test chooses, resumes to the same end, and ``minicap caption`` /
+``minicap evaluate`` work on the result; the same for a folder of the reader's own photos.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import require
+from photo_stand_ins import install_vit_weights, serve, write_caption_folder, write_flickr8k
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs `minicap` with a SIGKILL planted at a point the test chooses: "train" N kills the process right
+# after training step N (its checkpoint, when one falls on N, is written first); "features" N kills it
+# while the frozen backbone computes its N-th batch of features; "none" runs it as a user would.
+DRIVER = """
+import os, signal, sys
+import keras
+from minicap import cli, trainer
+where, at = sys.argv[1], int(sys.argv[2])
+if where == "train":
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+    train = trainer.train
+    trainer.train = lambda *args, **kwargs: train(*args, **{**kwargs, "callbacks": [Kill()]})
+elif where == "features":
+    predict, calls = keras.Model.predict_on_batch, []
+    def counted(self, x):
+        calls.append(1)
+        if len(calls) == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return predict(self, x)
+    keras.Model.predict_on_batch = counted
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+# The photos profile with sizes a CPU test can afford: ViT-B/32 itself (its 12 layers of width 768), on
+# 64-pixel images (2 x 2 patches); the article's decoder width and heads; no dropout, so that a resumed
+# run is the uninterrupted one exactly.
+SMALL = {"image_size": 64, "epochs": 2, "batch_size": 8, "checkpoint_every": 2, "mixed_precision": False,
+         "min_word_count": 1, "max_length": 12, "dropout": 0.0, "decoder_layers": 1, "mlp_dim": 256}
+
+
+@pytest.fixture(scope="module")
+def keras_home(tmp_path_factory):
+    require("vit_keras")
+    home = tmp_path_factory.mktemp("keras_home")
+    install_vit_weights(home)
+    return home
+
+
+def minicap(keras_home, *args, kill=("none", 0)):
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", DRIVER, kill[0], str(kill[1]), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def settings(**extra):
+    return [f"--set={name}={json.dumps(value)}" for name, value in {**SMALL, **extra}.items()]
+
+
+def feature_caches(data_dir):
+    return [json.loads(p.read_text()) for p in sorted((Path(data_dir) / "features").glob("*/progress.json"))]
+
+
+@pytest.mark.slow
+def test_photos_profile_downloads_trains_resumes_after_sigkill_and_captions(tmp_path, keras_home):
+    digests, names = write_flickr8k(tmp_path / "mirror")
+    data_dir, run, whole = tmp_path / "data", tmp_path / "run", tmp_path / "whole"
+    with serve(tmp_path / "mirror") as url:
+        train = ["train", "--profile", "photos", "--data-dir", data_dir, *settings(data_url=url, data_hashes=digests)]
+        killed = minicap(keras_home, *train, "-o", run, kill=("features", 2))
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert (data_dir / "flickr8k" / "downloads" / "Flickr8k_Dataset.zip").exists()  # downloaded and verified
+        assert not (run / "model.keras").exists()
+        assert not any(cache.get("complete") for cache in feature_caches(data_dir))  # never reads as complete
+
+        killed = minicap(keras_home, *train, "-o", run, kill=("train", 3))
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert not (run / "model.keras").exists() and (run / "checkpoints" / "state.json").exists()
+        caches = feature_caches(data_dir)
+        assert len(caches) == 2 and all(c["complete"] for c in caches)  # train and validation features
+        assert {c["num_images"] for c in caches} == {len(names["train"]), len(names["dev"])}
+
+        resumed = minicap(keras_home, *train, "-o", run)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming" in resumed.stdout and "from step 2" in resumed.stdout
+        uninterrupted = minicap(keras_home, *train, "-o", whole)
+        assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+        history, expected = (json.loads((d / "history.json").read_text()) for d in (run, whole))
+        assert history["step"] == expected["step"]  # every step once
+        np.testing.assert_allclose(history["loss"][-5:], expected["loss"][-5:], rtol=1e-5)
+        assert history["epochs"][-1]["val_loss"] == pytest.approx(expected["epochs"][-1]["val_loss"], rel=1e-5)
+        config = json.loads((run / "config.json").read_text())
+        assert (config["backbone"], config["model_dim"], config["num_heads"]) == ("vit-b32", 256, 4)
+        assert not (run / "checkpoints").exists()
+
+        # The saved model holds the backbone: a new photo is captioned from its pixels, no cache involved.
+        photo = tmp_path / "new photo.jpg"
+        from PIL import Image
+
+        Image.new("RGB", (300, 200), (200, 40, 40)).save(photo)
+        captioned = minicap(keras_home, "caption", photo, "--model", run / "model.keras", "--beam", 3)
+        assert captioned.returncode == 0, captioned.stderr[-2000:]
+        path, caption = captioned.stdout.strip().splitlines()[-1].split("\t")
+        assert path == str(photo) and caption.split()
+
+        evaluated = minicap(keras_home, "evaluate", "--model", run / "model.keras", "--dataset", "flickr8k", "--json")
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+        metrics = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+        assert metrics["dataset"] == "flickr8k" and metrics["split"] == "test" and metrics["images"] == len(names["test"])
+        for key in ("bleu1", "bleu4", "cider_d"):
+            assert 0.0 <= metrics[key] <= (10.0 if key == "cider_d" else 1.0)
+
+
+@pytest.mark.slow
+def test_a_folder_of_own_photos_trains_and_evaluates(tmp_path, keras_home):
+    folder = write_caption_folder(tmp_path / "my photos", count=12, layout="kaggle")
+    run = tmp_path / "run"
+    trained = minicap(keras_home, "train", "--profile", "photos", "--dataset", folder, "--data-dir", tmp_path / "data",
+                      "-o", run, *settings())
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["dataset"] == str(folder)
+    evaluated = minicap(keras_home, "evaluate", "--model", run / "model.keras", "--dataset", folder, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    metrics = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    assert metrics["split"] == "val" and metrics["images"] == 1  # 10% of 12 images, deterministically
+    assert set(metrics) >= {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d"}
