@@ -108,3 +108,27 @@ def test_image_files_read_on_indexing(tmp_path):
     np.testing.assert_array_equal(files[np.array([3, 0])][:, 0, 0, 0], [3, 0])
     with pytest.raises(ValueError, match="needs an image_size"):
         ImageFiles(paths, None)
+
+
+def test_the_sample_photo_is_a_photograph_that_loads():
+    from minicap.data.images import sample_photo
+
+    image = load_image(sample_photo(), 224)
+    assert image.shape == (224, 224, 3) and image.dtype == np.uint8
+    assert image.std() > 20  # a photograph, not a flat colour
+
+
+def test_a_photo_from_a_url_or_a_path(tmp_path):
+    from minicap.data.images import load_photo
+    from photo_stand_ins import serve
+
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "green.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with serve(tmp_path) as url:
+        pixels = load_photo(url + "green.png", 8)
+        assert pixels.shape == (8, 8, 3) and tuple(pixels[4, 4]) == (10, 200, 30)
+        with pytest.raises(ValueError, match="cannot download the photo at .*missing.png"):
+            load_photo(url + "missing.png")
+        with pytest.raises(ValueError, match="cannot read image file .*broken.jpg"):
+            load_photo(url + "broken.jpg")
+    assert load_photo(tmp_path / "green.png").shape == (30, 40, 3)

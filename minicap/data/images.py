@@ -92,6 +92,48 @@ def load_image(path, image_size=None):
         raise ValueError(f"cannot read image file {path!r}: {error}") from None
 
 
+def sample_photo():
+    """The path of a public-domain photograph to caption when you have none at hand.
+
+    It is the official U.S. Navy portrait of Commodore Grace M. Hopper (1984), a work of the U.S.
+    federal government and so in the public domain, which matplotlib ships as sample data
+    (``matplotlib.cbook.get_sample_data("grace_hopper.jpg")``): no download needed.
+    """
+    import matplotlib.cbook
+
+    return os.fspath(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def load_photo(source, image_size=None, timeout=30):
+    """A photo from a file path or an ``http(s)://`` URL as an ``(H, W, 3)`` uint8 RGB array (see
+    :func:`load_image`, which names the file or URL when it cannot be read).
+
+    A URL is downloaded into memory (at most 50 MB); a failed download is a ValueError naming the URL.
+    """
+    source = os.fspath(source)
+    if not source.startswith(("http://", "https://")):
+        return load_image(source, image_size)
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(source, timeout=timeout) as response:
+            data = response.read(50 * 2**20 + 1)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise ValueError(f"cannot download the photo at {source!r}: {error}") from None
+    if len(data) > 50 * 2**20:
+        raise ValueError(f"the photo at {source!r} is larger than 50 MB")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, os.path.basename(urllib.request.urlparse(source).path) or "photo")
+        with open(path, "wb") as file:
+            file.write(data)
+        try:
+            return load_image(path, image_size)
+        except ValueError as error:
+            raise ValueError(str(error).replace(repr(path), repr(source))) from None
+
+
 def load_images(paths, image_size):
     """Load several files to a ``(num_images, height, width, 3)`` uint8 array."""
     size = _size_pair(image_size)
