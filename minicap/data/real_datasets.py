@@ -1,7 +1,7 @@
-"""The real data sets as a training run asks for them: ``load(config)`` -> ``(train, val)``.
+"""The real data sets as a training run asks for them: ``load_split(config, "train")``.
 
-``minicap.trainer`` calls :func:`load` when ``config.dataset`` is ``"flickr8k"`` or ``"coco"``. Each
-split is a :class:`~minicap.data.records.CaptionSet` whose ``images`` are read from disk one batch at a
+``minicap.trainer.load_split`` calls :func:`load_split` when ``config.dataset`` is ``"flickr8k"`` or
+``"coco"`` (and ``minicap evaluate`` for their test splits). Each split is a :class:`~minicap.data.records.CaptionSet` whose ``images`` are read from disk one batch at a
 time, resized to the model's image size.
 
 Where the archives come from: the official hosts by default. ``config.data_url`` points at a mirror
@@ -28,14 +28,10 @@ def _mirror(base, names):
     return {key: base + name for key, name in names.items()}
 
 
-def load(config):
-    """``(train, val)`` of ``config.dataset``: Flickr8k's train/dev lists, or COCO's Karpathy
-    train (with restval) / val; downloaded to ``config.data_dir`` (or the default cache) on demand."""
-    return load_split(config, "train"), load_split(config, "val")
-
-
 def load_split(config, split, image_size=None):
-    """One split (``"train"``, ``"val"`` or ``"test"``) of ``config.dataset``, with ``config``'s data
+    """One split (``"train"``, ``"val"`` or ``"test"``) of ``config.dataset``: Flickr8k's official lists
+    (``val`` is its dev list) or COCO's Karpathy split (train with restval), downloaded to
+    ``config.data_dir`` (or the default cache) on demand, with ``config``'s data
     settings (``data_dir``, ``data_url``, ``data_hashes``), its images resized to ``image_size``
     (default: the model's)."""
     data_dir = config.data_dir
