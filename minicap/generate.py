@@ -66,10 +66,12 @@ def _start_tokens(batch, max_length, start_id, pad_id):
     return ops.convert_to_tensor(tokens)
 
 
-def _next_logits(model, images, tokens, cache, step, cached, forbidden):
+def _next_logits(model, images, tokens, cache, step, cached, forbidden, encoded=None):
     """Float32 logits ``(batch, vocab)`` for the position after ``tokens[:, step]``, and the new cache.
 
     ``forbidden`` (vocab,) is added to the logits: -1e9 on [PAD] and [START], which are never written.
+    The naive path re-runs the whole model, encoder included, unless ``encoded`` (the encoder's output,
+    computed once) is given: then it re-runs the decoder only.
     """
     if cached:
         token = ops.slice(tokens, (0, step), (ops.shape(tokens)[0], 1))  # (B, 1)
@@ -77,7 +79,11 @@ def _next_logits(model, images, tokens, cache, step, cached, forbidden):
         logits = logits[:, -1]
     else:  # naive: the full model over the whole padded prefix; padding after `step` is masked
         length = ops.shape(tokens)[1] - 1
-        logits = ops.take(model((images, tokens[:, :length]), training=False), step, axis=1)  # (B, V)
+        if encoded is None:
+            logits = model((images, tokens[:, :length]), training=False)  # (B, L, V)
+        else:
+            logits = model.head(model.decoder(tokens[:, :length], encoded, training=False))
+        logits = ops.take(logits, step, axis=1)  # (B, V)
     return ops.cast(logits, "float32") + forbidden, cache
 
 
@@ -111,9 +117,10 @@ class Generator:
         return ops.convert_to_numpy(self._compiled[key](*args)).astype("int32")
 
     # Greedy decoding and sampling share one loop; they differ in how a word is picked.
-    def _decode_loop(self, images, noise, cached, temperature, top_k):
+    def _decode_loop(self, images, noise, cached, temperature, top_k, reencode=True):
         model, batch = self.model, ops.shape(images)[0]
         cache = model.init_cache(model.encode(images, training=False), self.max_length) if cached else {}
+        encoded = None if cached or reencode else model.encode(images, training=False)
         tokens = _start_tokens(batch, self.max_length, self.start_id, self.pad_id)
         done = ops.zeros((batch,), "bool")
 
@@ -121,7 +128,7 @@ class Generator:
             return ops.logical_and(step < self.max_length, ops.logical_not(ops.all(done)))
 
         def one_step(step, tokens, done, cache):
-            logits, cache = _next_logits(model, images, tokens, cache, step, cached, self.forbidden)
+            logits, cache = _next_logits(model, images, tokens, cache, step, cached, self.forbidden, encoded)
             if noise is None:
                 word = ops.argmax(logits, axis=-1)
             else:  # Gumbel-max: argmax(logits / T + Gumbel noise) samples softmax(logits / T)
@@ -138,11 +145,16 @@ class Generator:
         _, tokens, _, _ = ops.while_loop(keep_going, one_step, (0, tokens, done, cache))
         return tokens
 
-    def greedy(self, images, cached=True):
-        """The most likely word at every step."""
+    def greedy(self, images, cached=True, reencode=True):
+        """The most likely word at every step.
+
+        ``cached=False`` re-runs the model over the whole prefix at every step (the naive decoder, to
+        check and measure the cache); with ``reencode=False`` that naive decoder computes the encoder's
+        output once and re-runs only the decoder, so the two costs can be told apart.
+        """
         images = _check_images(self.model, images)
-        return self._run(("greedy", cached),
-                         lambda x: self._decode_loop(x, None, cached, 1.0, 0), images)
+        return self._run(("greedy", cached, cached or reencode),
+                         lambda x: self._decode_loop(x, None, cached, 1.0, 0, reencode), images)
 
     def sample(self, images, temperature=1.0, top_k=0, seed=0, cached=True):
         """A word drawn from softmax(logits / temperature), among the ``top_k`` likeliest (0: all)."""
