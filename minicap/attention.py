@@ -93,7 +93,8 @@ def scaled_dot_product_attention(query, key, value, mask=None):
     mask = _check_mask(mask, ops.shape(key)[-2])
     # Scale the query before the product, as Keras does: float16 products then stay far
     # from their 65504 limit.
-    query = query * ops.cast(1.0 / math.sqrt(depth), query.dtype)
+    # (ops.multiply, not *: a NumPy query times a PyTorch tensor is a TypeError.)
+    query = ops.multiply(query, ops.cast(1.0 / math.sqrt(depth), query.dtype))
     scores = ops.matmul(query, ops.swapaxes(key, -1, -2))  # (..., Tq, Tk)
     # The softmax runs in float32: float16 scores lose the small weights.
     scores = ops.cast(scores, "float32")
