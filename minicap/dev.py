@@ -55,13 +55,17 @@ def setup(extras="book,test,browser,vit"):
 
 
 def test(pytest_args=()):
-    """The whole suite: everything on TensorFlow (package, nbval, papermill), the package on JAX."""
+    """The whole suite: everything on TensorFlow (package, nbval, papermill), the package on JAX and PyTorch."""
     python = setup()
     run(python, "-m", "pytest", "tests", "book", "--nbval-lax", "-p", "no:cacheprovider", "-p", "tests.notebook_cache",
         *pytest_args,
         env={"KERAS_BACKEND": "tensorflow"})
     run(python, "-m", "pytest", "tests", "-m", "not notebook and not browser", "-p", "no:cacheprovider",
         *pytest_args, env={"KERAS_BACKEND": "jax"})
+    # PyTorch runs eagerly, so its run is the slowest: the package tests without those marked slow
+    # (kill-and-resume runs, pretrained ViT-B, two-device training) take about 11 minutes on a 2-core CPU.
+    run(python, "-m", "pytest", "tests", "-m", "not notebook and not browser and not slow", "-p", "no:cacheprovider",
+        *pytest_args, env={"KERAS_BACKEND": "torch"})
 
 
 def toc_documents(root=ROOT):
