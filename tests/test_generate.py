@@ -236,17 +236,24 @@ def test_narrow_beam_finds_the_best_caption_where_greedy_does_not():
         # lifts to -0.96771: the longer caption wins with the penalty, the shorter one without.
         (1, ()): {END: 0.368, a: 0.632}, (1, (a,)): {END: 0.15, a: 0.05, b: 0.75, c: 0.05},
         (1, (a, b)): {END: 0.668, a: 0.332 / 3, b: 0.332 / 3, c: 0.332 / 3},
-    }, kinds=2)
+        # Image 2: as image 1, but "a b [END]" has log(0.632 * 0.75 * 0.6325) = -1.20462, -1.01365 with
+        # the penalty: "[END]" (-0.99967) wins by 0.014. Were [END] left out of the length, the penalties
+        # would be ((5 + 0) / 6) ** 0.6 = 0.89638 and ((5 + 2) / 6) ** 0.6 = 1.09690, and "a b [END]" would
+        # win (-1.09820 against -1.11524).
+        (2, ()): {END: 0.368, a: 0.632}, (2, (a,)): {END: 0.15, a: 0.05, b: 0.75, c: 0.05},
+        (2, (a, b)): {END: 0.6325, a: 0.3675 / 3, b: 0.3675 / 3, c: 0.3675 / 3},
+    }, kinds=3)
     model = TableModel(tables, TABLE_LENGTH)
-    generator, images = Generator(model, START, END, PAD), table_images([0, 1])
+    generator, images = Generator(model, START, END, PAD), table_images([0, 1, 2])
     best = exhaustive_search(tables, 0, 0.6)[0]
     assert best[1] == [b, END] and best[0] == pytest.approx(-0.93140, abs=1e-4)
     assert exhaustive_search(tables, 1, 0.6)[0][1] == [a, b, END]
     assert exhaustive_search(tables, 1, 0.0)[0][1] == [END]
+    assert exhaustive_search(tables, 2, 0.6)[0][1] == [END]
     assert generator.greedy(images)[0].tolist() == as_tokens([a, END])
     for cached in (True, False):
-        assert generator.beam_search(images, 2, 0.6, cached=cached).tolist() == [as_tokens([b, END]),
-                                                                                 as_tokens([a, b, END])]
+        assert generator.beam_search(images, 2, 0.6, cached=cached).tolist() == [
+            as_tokens([b, END]), as_tokens([a, b, END]), as_tokens([END])]
         assert generator.beam_search(images, 2, 0.0, cached=cached)[1].tolist() == as_tokens([END])
 
 
