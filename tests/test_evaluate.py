@@ -1,4 +1,5 @@
-"""Tests for minicap.evaluate: BLEU and CIDEr-D against hand computation and pycocoevalcap, grounding."""
+"""Tests for minicap.evaluate: BLEU and CIDEr-D against hand computation and pycocoevalcap; grounding;
+cross-attention rows and grounding on planted attention; evaluate_caption_set on a model of known captions."""
 import math
 import random
 
