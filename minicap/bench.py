@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from minicap.model import CaptionConfig, CaptionModel
+from minicap.training import resolve_jit_compile
 
 # Dense bfloat16 peak of common GPUs, in TFLOP/s (float16 for the T4, which has no fast bfloat16).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
@@ -43,13 +44,14 @@ def vit_b32_config(dropout=0.0):
                          encoder_dim=768, encoder_heads=12, encoder_mlp_dim=3072)
 
 
-def quick_config(vocab_size, max_length=None, dropout=None):
-    """The quick training profile's model for a vocabulary of ``vocab_size`` words, with ViT's linear
-    patch embedding: the benchmark compares Transformers with their stock-Keras builds, and the
-    profile's colour-shape stem (a prior for the shapes scenes) has no stock counterpart."""
+def quick_config(vocab_size, max_length=None, dropout=None, settings=None):
+    """The quick training profile's model (or that of ``settings``, a ``TrainConfig``) for a vocabulary
+    of ``vocab_size`` words, with ViT's linear patch embedding: the benchmark compares Transformers with
+    their stock-Keras builds, and a colour-shape stem (a prior for the shapes scenes) has no stock
+    counterpart."""
     from minicap import trainer
 
-    settings = trainer.profile("quick")
+    settings = settings or trainer.profile("quick")
     config = trainer.model_config(settings, vocab_size, pad_id=0)
     changes = {"max_length": max_length, "dropout": dropout, "patch_stem": "linear",
                "output_positions": False}
@@ -248,7 +250,7 @@ def _compile(model, config, jit):
 
     model.compile(optimizer=make_optimizer(config.model_dim, warmup_steps=100),
                   loss=MaskedSparseCrossEntropy(config.pad_id), metrics=[MaskedAccuracy(config.pad_id)],
-                  jit_compile={"auto": "auto", "on": True, "off": False}[jit])
+                  jit_compile=resolve_jit_compile(jit, model))
     return model
 
 
@@ -382,7 +384,8 @@ def bench_pipeline(label, images, captions, max_length, batch_size, context):
     count = sum(len(batches[index][1]) for index in range(len(batches)))
     seconds = time.perf_counter() - start
     return {**context, "figure": "input_pipeline", "config": label, "batch_size": batch_size,
-            "images": count, "seconds": seconds, "images_per_second": count / seconds}
+            "images": count, "seconds": seconds, "seconds_per_batch": seconds / len(batches),
+            "images_per_second": count / seconds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,54 +393,92 @@ def bench_pipeline(label, images, captions, max_length, batch_size, context):
 # ---------------------------------------------------------------------------------------------
 
 def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes=None, vit_batch_sizes=None,
-        steps=None, repeats=None, decode_batch=None, skip_vit=None, log=print):
+        steps=None, repeats=None, decode_batch=None, skip_vit=None, backends=None, overrides=None,
+        skip_feature_cache=False, skip_faithfulness=False, faithfulness_every=None, faithfulness_budget=None,
+        log=print):
     """Run every benchmark; return the report (a JSON-ready dict, see ``minicap bench --help``).
 
     Args:
-        quick: the CI run: small batches, few steps, no ViT-B/32 on a CPU.
+        quick: the CI run: small batches, few steps, no ViT-B/32 on a CPU, the quick profile's
+            step with the default XLA setting only, and tiny versions of the feature-cache
+            comparison (batch 2, one step) and of the time to 95% faithfulness (two steps, 16
+            scenes: it runs the code, it does not reach 95%).
         precision: "auto", "float32" or "mixed" (see ``resolve_policy``).
-        jit: XLA for training steps: "auto" (Keras decides: on for GPUs, off for TensorFlow on CPU),
-            "on" or "off".
+        jit: XLA for the training steps compared with stock Keras and for the feature-cache
+            comparison: "auto" (``training.JIT_BY_BACKEND``), "on" or "off". The quick profile's
+            step is timed with both settings.
         peak_tflops: the device's peak in TFLOP/s (default: table or measured).
         batch_sizes, vit_batch_sizes: training batch sizes of the quick and the ViT-B/32 configs.
         steps, repeats: timed steps per repeat, and repeats (medians are reported).
         decode_batch: images per decoding run (256 by default).
         skip_vit: leave out ViT-B/32 (default: only when ``quick`` on a CPU).
+        backends: backends of the quick profile's step timings; others than the current one run in a
+            subprocess each (default: the current one with ``quick``, else tensorflow and jax).
+        overrides: settings of the quick profile, as ``trainer.profile("quick", **overrides)`` takes them.
+        skip_feature_cache, skip_faithfulness: leave out those parts.
+        faithfulness_every: steps between evaluations of the faithfulness (default 250; ``quick`` 1).
+        faithfulness_budget: most training seconds spent reaching 95% (default 900).
         log: called with each progress line.
     """
+    import importlib.util
+
+    from minicap import bench_train
     from minicap.data.shapes import make_shapes
+    from minicap.text import Tokenizer
     from minicap.trainer import profile
 
-    for name, value in (("steps", steps), ("repeats", repeats), ("decode_batch", decode_batch)):
+    for name, value in (("steps", steps), ("repeats", repeats), ("decode_batch", decode_batch),
+                        ("faithfulness_every", faithfulness_every)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if faithfulness_budget is not None and not faithfulness_budget > 0:
+        raise ValueError(f"faithfulness_budget must be a positive number of seconds, got {faithfulness_budget!r}")
     if jit not in ("auto", "on", "off"):
         raise ValueError(f"jit must be 'auto', 'on' or 'off', got {jit!r}")
+    settings = profile("quick", **(overrides or {}))
+    current = keras.backend.backend()
+    if backends is None:
+        backends = [current] if quick else [b for b in ("tensorflow", "jax") if importlib.util.find_spec(b)]
+    unknown = [b for b in backends if b not in bench_train.JIT_SETTINGS]
+    if unknown or not backends:
+        raise ValueError(f"backends must name some of {sorted(bench_train.JIT_SETTINGS)}, got {backends!r}")
+    steps = steps or (3 if quick else 10)
+    repeats = repeats or (1 if quick else 3)
+    step_options = dict(num_scenes=256 if quick else 1024, steps=steps, repeats=repeats, precision=precision,
+                        jits=["auto"] if quick else None)  # quick: the default setting only
+    records, skipped = [], []
+    # Other backends first, each in its own process, before this one holds any device memory.
+    for backend in backends:
+        if backend != current:
+            log(f"training step: quick profile on {backend} (subprocess)")
+            records += bench_train.in_subprocess(backend, "training_step",
+                                                 {"settings": settings.to_dict(), **step_options}, log)
     device = device_info()
     policy = resolve_policy(precision, device)
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:
         peak, peak_source = peak_flops(device, peak_tflops, policy)
-        context = {"backend": keras.backend.backend(), "device": device["name"], "dtype_policy": policy,
-                   "peak_flops": peak}
-        steps = steps or (3 if quick else 10)
-        repeats = repeats or 3
-        skipped = []
-        settings = profile("quick")
+        context = {"backend": current, "device": device["name"], "dtype_policy": policy, "peak_flops": peak}
+        if current in backends:
+            log(f"training step: quick profile on {current}; input pipeline")
+            records += bench_train.bench_training_step(settings, **step_options)
+        records = [{**record, "peak_flops": peak} for record in records]  # the subprocesses' too
+        if skip_feature_cache:
+            skipped.append({"figure": "feature_cache", "config": "photos", "reason": "skipped (--skip-feature-cache)"})
+        else:
+            photos = profile("photos")
+            sizes = dict(batch_size=2, steps=1, image_steps=1) if quick else dict(steps=10, image_steps=3)
+            log(f"feature cache: photos profile on cached features and on images, {sizes}")
+            records.append({**bench_train.bench_feature_cache(photos, jit=jit, precision=precision, **sizes),
+                            "peak_flops": peak})
         shapes = make_shapes(256 if quick else 1024, image_size=settings.model.image_size,
                              max_objects=settings.max_objects)
-        from minicap.text import Tokenizer
-
         vocab_size = len(Tokenizer.fit([c for refs in shapes.captions for c in refs]))
-        quick_model = quick_config(vocab_size)
-        records = []
-        log(f"input pipeline: CaptionBatches over {len(shapes.images)} shapes images")
-        records.append(bench_pipeline("quick", shapes.images, shapes.captions, settings.model.max_length,
-                                      settings.batch_size, context))
+        quick_model = quick_config(vocab_size, settings=settings)
         log("training: quick profile, minicap and stock")
-        records += bench_training("quick", quick_model, batch_sizes or (settings.batch_size,), steps, repeats,
-                                  jit, context)
+        records += bench_training("quick", quick_model, batch_sizes or (settings.batch_size,), steps,
+                                  max(repeats, 2 if quick else 3), jit, context)
         if skip_vit is None:
             skip_vit = quick and device["kind"] == "cpu"
         if skip_vit:
@@ -457,7 +498,8 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
                                       jit, context)
         decode_batch = decode_batch or (64 if quick else 256)
         log(f"decoding: {decode_batch} captions of 20 tokens, greedy (cached, naive) and beam 5")
-        records += bench_decoding(quick_config(vocab_size, max_length=20), decode_batch, repeats, 5, context)
+        records += bench_decoding(quick_config(vocab_size, max_length=20, settings=settings), decode_batch,
+                                  max(repeats, 2 if quick else 3), 5, context)
         if peak_source.startswith("measured"):
             # Other processes may have slowed the first measurement: measure again, keep the best.
             peak = max(peak, peak_flops(device, None, policy)[0])
@@ -465,24 +507,104 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
                 record["peak_flops"] = peak
                 if record["figure"] == "training":
                     record["mfu"] = record["training_flops_per_image"] * record["images_per_second"] / peak
+        if skip_faithfulness:
+            skipped.append({"figure": "time_to_faithfulness", "config": "quick",
+                            "reason": "skipped (--skip-faithfulness)"})
+        else:
+            if quick:  # the code path only: two steps of a small run, 16 scenes
+                target = dict(settings=settings.replace(num_train=64, epochs=1), every=faithfulness_every or 1,
+                              num_scenes=16, max_steps=2)
+            else:
+                target = dict(settings=settings, every=faithfulness_every or 250, num_scenes=300,
+                              max_seconds=faithfulness_budget or 900)
+            log(f"time to 95% faithfulness: quick profile, greedy captions of {target['num_scenes']} validation "
+                f"scenes every {target['every']} steps (minutes)")
+            records.append({**bench_train.time_to_faithfulness(log=log, **target), "device": device["name"],
+                            "peak_flops": peak})
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "quick": quick, "backend": keras.backend.backend(), "keras": keras.__version__, "device": device,
-        "dtype_policy": policy, "jit": jit, "peak_flops": peak, "peak_source": peak_source,
+        "quick": quick, "backend": current, "backends": list(backends), "keras": keras.__version__,
+        "device": device, "dtype_policy": policy, "jit": jit,
+        "jit_compile": {"auto": resolve_jit_compile("auto"), "on": True, "off": False}[jit],
+        "overrides": dict(overrides or {}), "peak_flops": peak, "peak_source": peak_source,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "records": records, "skipped": skipped,
     }
 
 
+def _rows(records, figure):
+    return [record for record in records if record["figure"] == figure]
+
+
 def format_table(report):
-    """The report's records as a plain-text table."""
+    """The report as plain text: one section per question."""
+    records = report["records"]
+    lines = [f"{report['backend']} on {report['device']['name']} ({report['device']['kind']}), "
+             f"{report['dtype_policy']}, peak {report['peak_flops'] / 1e12:.2f} TFLOP/s ({report['peak_source']}); "
+             f"load average {', '.join(f'{x:.1f}' for x in report['load_average'] or [])}"]
+
+    steps = _rows(records, "training_step")
+    if steps:
+        lines += ["", f"Quick profile's training step (model.fit over CaptionBatches, batch "
+                      f"{steps[0]['batch_size']}, {steps[0]['dtype_policy']}; * = jit_compile=\"auto\")",
+                  f"{'backend':<12}{'xla':>5}{'':>2}{'ms/step':>10}{'images/s':>10}{'vs default':>12}"]
+        for record in steps:
+            default = next((r for r in steps if r["backend"] == record["backend"] and r["default"]), record)
+            lines.append(f"{record['backend']:<12}{'on' if record['jit_compile'] else 'off':>5}"
+                         f"{'*' if record['default'] else '':>2}{1000 * record['seconds_per_step']:>10.1f}"
+                         f"{record['images_per_second']:>10.0f}"
+                         f"{record['seconds_per_step'] / default['seconds_per_step']:>11.2f}x")
+
+    pipelines = _rows(records, "input_pipeline")
+    if pipelines:
+        lines += ["", "Input pipeline (CaptionBatches[i]: pixels to float32, captions to tokens)",
+                  f"{'config':<9}{'backend':<12}{'batch':>6}{'ms/batch':>10}{'images/s':>10}{'share of a step':>17}"]
+        for record in pipelines:
+            share = (f"{100 * record['share_of_step']:.1f}% of {1000 * record['seconds_per_step']:.0f} ms"
+                     if "share_of_step" in record else "")
+            lines.append(f"{record['config']:<9}{record['backend']:<12}{record['batch_size']:>6}"
+                         f"{1000 * record['seconds_per_batch']:>10.2f}{record['images_per_second']:>10.0f}{share:>17}")
+
+    for record in _rows(records, "feature_cache"):
+        lines += ["", f"Feature cache: photos profile, {record['backbone']} frozen (random weights) at "
+                      f"{record['image_size']} px = {record['num_patches']} patches x {record['feature_dim']}; decoder "
+                      f"{record['decoder_layers']} x {record['model_dim']}, {record['num_heads']} heads, MLP "
+                      f"{record['mlp_dim']}; batch {record['batch_size']}; {record['backend']}, XLA "
+                      f"{'on' if record['jit_compile'] else 'off'}, {record['dtype_policy']}, {record['device']}",
+                  f"  step on cached features  {record['seconds_per_step_cached']:9.3f} s  "
+                  f"(median of {record['steps']})",
+                  f"  step on images (ViT runs) {record['seconds_per_step_images']:8.3f} s  "
+                  f"(median of {record['image_steps']})   ratio {record['images_over_cached']:.1f}x",
+                  f"  features once: {1000 * record['feature_seconds_per_image']:.1f} ms per image",
+                  f"  extrapolated to Flickr8k ({record['epoch_images']} images, {record['epoch_steps']} steps an "
+                  f"epoch): epoch {record['epoch_seconds_cached']:.0f} s cached vs "
+                  f"{record['epoch_seconds_images']:.0f} s on images; {record['epochs']} epochs: "
+                  f"{record['feature_seconds']:.0f} s of features + {record['epochs']} x "
+                  f"{record['epoch_seconds_cached']:.0f} s = {record['run_seconds_cached']:.0f} s vs "
+                  f"{record['run_seconds_images']:.0f} s ({record['run_images_over_cached']:.1f}x)"]
+
+    for record in _rows(records, "time_to_faithfulness"):
+        target = f"{100 * record['target']:.0f}%"
+        if record["reached"]:
+            result = f"{target} reached after {record['seconds']:.0f} s of training (step {record['step']})"
+        else:
+            best = record["best"] or {"faithfulness": float("nan"), "seconds": float("nan"), "step": 0}
+            result = (f"{target} not reached in {record['steps_trained']} steps; best "
+                      f"{100 * best['faithfulness']:.1f}% after {best['seconds']:.0f} s (step {best['step']})")
+        curve = ", ".join(f"{p['step']}: {100 * p['faithfulness']:.0f}% @ {p['seconds']:.0f}s" for p in record["curve"])
+        lines += ["", f"Time to {target} faithfulness: quick profile ({record['summary']}; {record['backend']}, XLA "
+                      f"{'on' if record['jit_compile'] else 'off'}), greedy captions of {record['val_scenes']} "
+                      f"validation scenes every {record['every']} steps",
+                  f"  {result}; data, model and first step {record['first_step_seconds'] or 0:.0f} s, "
+                  f"evaluations {record['evaluation_seconds']:.0f} s (not counted)",
+                  f"  curve (step: faithfulness @ training seconds): {curve}"]
+
     header = (f"{'figure':<15}{'config':<9}{'what':<15}{'batch':>6}{'xla':>5}{'s/step':>9}{'per s':>10}"
               f"{'MFU':>8}{'ratio':>8}")
-    lines = [f"{report['backend']} on {report['device']['name']}, {report['dtype_policy']}, peak "
-             f"{report['peak_flops'] / 1e12:.2f} TFLOP/s ({report['peak_source']})", header]
-    for r in report["records"]:
+    lines += ["", "minicap against the same model from stock Keras layers (MFU), and decoding", header]
+    for r in records:
         if r["figure"] == "training":
             what, rate, ratio = r["model"], r["images_per_second"], r["minicap_over_stock"]
             xla, sec, mfu = "on" if r["jit_compile"] else "off", r["seconds_per_step"], f"{100 * r['mfu']:.1f}%"
@@ -491,7 +613,7 @@ def format_table(report):
                 " cached" if r["cached"] else " naive")
             rate, ratio, xla, sec, mfu = r["captions_per_second"], r["cached_over_naive"], "fn", r["seconds"], ""
         else:
-            what, rate, ratio, xla, sec, mfu = "CaptionBatches", r["images_per_second"], None, "", r["seconds"], ""
+            continue
         ratio = "" if ratio is None else f"{ratio:.2f}x"
         lines.append(f"{r['figure']:<15}{r['config']:<9}{what:<15}{r['batch_size']:>6}{xla:>5}{sec:>9.4f}"
                      f"{rate:>10.1f}{mfu:>8}{ratio:>8}")

@@ -193,10 +193,14 @@ def _bench(args):
             raise UserError(f"batch sizes must be positive integers separated by commas, got {text!r}")
         return values
 
+    backends = [name.strip() for name in args.backends.split(",")] if args.backends else None
     report = bench.run(quick=args.quick, precision=args.precision, jit=args.jit, peak_tflops=args.peak_tflops,
                        batch_sizes=sizes(args.batch_sizes), vit_batch_sizes=sizes(args.vit_batch_sizes),
                        steps=args.steps, repeats=args.repeats, decode_batch=args.decode_batch,
-                       skip_vit=True if args.skip_vit else None, log=lambda line: print(line, file=sys.stderr))
+                       skip_vit=True if args.skip_vit else None, backends=backends,
+                       overrides=parse_overrides(args.set), skip_feature_cache=args.skip_feature_cache,
+                       skip_faithfulness=args.skip_faithfulness, faithfulness_every=args.faithfulness_every,
+                       faithfulness_budget=args.faithfulness_budget, log=lambda line: print(line, file=sys.stderr))
     print(bench.format_table(report))
     with open(args.output, "w", encoding="utf-8") as file:
         json.dump(report, file, indent=1)
@@ -257,13 +261,31 @@ def build_parser():
     where.add_argument("--sys-prefix", action="store_true", help="install into this environment (default)")
     install.set_defaults(handler=_kernel)
 
-    bench = commands.add_parser("bench", help="time training (vs stock Keras, MFU) and decoding; write JSON")
-    bench.add_argument("--quick", action="store_true", help="the CI run: few steps, small batches, no ViT-B/32 on CPU")
+    bench = commands.add_parser(
+        "bench", help="time training (XLA on/off per backend, input pipeline, feature cache, time to 95%% "
+                      "faithfulness, vs stock Keras, MFU) and decoding; write JSON")
+    bench.add_argument("--quick", action="store_true",
+                       help="the CI run: few steps, small batches, this backend and the default XLA setting only, no "
+                            "ViT-B/32 on CPU, a one-step feature-cache comparison, two steps towards 95%% faithfulness")
     bench.add_argument("--output", "-o", default="bench.json", help="JSON file of the results (default: bench.json)")
     bench.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto",
                        help="auto: mixed bfloat16 on a GPU (float16 before Ampere), float32 on a CPU")
     bench.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                       help="XLA for training steps (auto: Keras decides; off for TensorFlow on CPU)")
+                       help="XLA for the stock-Keras comparison and the feature cache (auto: on for TensorFlow and "
+                            "JAX, off for PyTorch); the quick profile's step is timed with XLA on and off")
+    bench.add_argument("--backends", metavar="NAME,NAME",
+                       help="backends of the quick profile's step timings, others than KERAS_BACKEND in a subprocess "
+                            "each (default: tensorflow,jax; --quick: the current one)")
+    bench.add_argument("--set", action="append", metavar="NAME=VALUE",
+                       help="override a setting of the quick profile, as minicap train --set (repeatable)")
+    bench.add_argument("--skip-feature-cache", action="store_true",
+                       help="leave out the photos profile on cached features vs images (about a minute on a CPU)")
+    bench.add_argument("--skip-faithfulness", action="store_true",
+                       help="leave out the time to 95%% faithfulness (trains the quick profile: minutes)")
+    bench.add_argument("--faithfulness-every", type=int, metavar="STEPS",
+                       help="steps between faithfulness evaluations (default: 250; --quick: 1)")
+    bench.add_argument("--faithfulness-budget", type=float, metavar="SECONDS",
+                       help="most training seconds spent reaching 95%% faithfulness (default: 900)")
     bench.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
                        help="the device's peak for MFU (default: table of GPUs, or a measured CPU matmul)")
     bench.add_argument("--batch-sizes", metavar="N,N", help="quick-profile training batch sizes (default: 64)")

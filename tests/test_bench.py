@@ -1,13 +1,15 @@
 """Tests for minicap.bench: the FLOP count, the stock-Keras build, the peak, and the JSON of ``minicap bench``."""
 import json
+import time
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from minicap import bench
+from minicap import bench, bench_train, trainer, training
 from minicap.cli import main
+from minicap.data.shapes import make_shapes
 from minicap.model import CaptionConfig, CaptionModel
 
 
@@ -120,9 +122,13 @@ def test_stock_build_computes_what_caption_model_computes():
 
 
 def test_quick_config_follows_the_quick_profile():
+    model = trainer.profile("quick").model
     config = bench.quick_config(30, max_length=20)
-    assert (config.image_size, config.patch_size, config.model_dim, config.vocab_size, config.max_length) == (
-        72, 24, 64, 30, 20)
+    assert (config.image_size, config.patch_size, config.model_dim, config.encoder_layers, config.vocab_size,
+            config.max_length) == (model.image_size, model.patch_size, model.model_dim, model.encoder_layers, 30, 20)
+    assert (config.patch_stem, config.output_positions) == ("linear", False)  # what stock Keras can build
+    settings = trainer.profile("quick", model_dim=32, num_heads=4)
+    assert bench.quick_config(30, settings=settings).model_dim == 32
 
 
 def test_peak_flops_from_flag_table_or_measurement():
@@ -154,36 +160,147 @@ def test_run_rejects_bad_settings():
 def test_bench_command_writes_the_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     status = main(["bench", "--quick", "--output", str(path), "--batch-sizes", "8", "--steps", "1",
-                   "--repeats", "1", "--decode-batch", "4", "--peak-tflops", "1"])
+                   "--repeats", "1", "--decode-batch", "4", "--peak-tflops", "1", "--set", "batch_size=16"])
     assert status in (None, 0)
-    assert "minicap" in capsys.readouterr().out  # the table
+    table = capsys.readouterr().out
+    for title in ("Quick profile's training step", "Input pipeline", "Feature cache: photos profile",
+                  "Time to 95% faithfulness", "minicap against the same model from stock Keras"):
+        assert title in table
     report = json.loads(path.read_text())
-    assert report["backend"] == keras.backend.backend() and report["quick"] is True
+    backend = keras.backend.backend()
+    assert report["backend"] == backend and report["quick"] is True and report["backends"] == [backend]
+    assert report["overrides"] == {"batch_size": 16}
     assert report["peak_flops"] == 1e12 and report["dtype_policy"] == "float32"
+    assert report["jit_compile"] is training.resolve_jit_compile("auto")
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     common = {"figure", "config", "backend", "device", "dtype_policy", "batch_size", "peak_flops"}
     records = report["records"]
     assert all(common <= set(record) for record in records)
-    training = [r for r in records if r["figure"] == "training"]
-    assert [(r["model"], r["batch_size"]) for r in training] == [("minicap", 8), ("stock", 8)]
-    for record in training:
-        assert record["steps"] == 1 and isinstance(record["jit_compile"], bool)
-        expected_loop = "device-resident state" if keras.backend.backend() == "jax" else "train_on_batch"
+
+    # The quick profile's step with the default XLA setting (--quick), and the pipeline's share of it.
+    steps = [r for r in records if r["figure"] == "training_step"]
+    assert [(r["jit"], r["jit_compile"], r["default"]) for r in steps] == [
+        ("auto", training.resolve_jit_compile("auto"), True)]
+    for record in steps:
+        assert record["batch_size"] == 16 and record["steps"] == 1  # --set reaches the profile
+        assert record["images_per_second"] == pytest.approx(16 / record["seconds_per_step"])
+    (pipeline,) = [r for r in records if r["figure"] == "input_pipeline"]  # no ViT-B/32 on the CPU
+    default_step = next(r for r in steps if r["default"])
+    assert pipeline["config"] == "quick" and pipeline["step_jit"] == default_step["jit"]
+    assert pipeline["share_of_step"] == pytest.approx(pipeline["seconds_per_batch"] / default_step["seconds_per_step"])
+    assert 0 < pipeline["share_of_step"] and pipeline["images_per_second"] > 0
+
+    # The photos profile on cached features and on images, extrapolated to a Flickr8k epoch and run.
+    (cache,) = [r for r in records if r["figure"] == "feature_cache"]
+    photos = trainer.profile("photos")
+    assert (cache["image_size"], cache["num_patches"], cache["feature_dim"], cache["batch_size"]) == (224, 49, 768, 2)
+    assert (cache["model_dim"], cache["num_heads"], cache["decoder_layers"], cache["epochs"]) == (
+        photos.model.model_dim, photos.model.num_heads, photos.model.decoder_layers, photos.epochs)
+    assert cache["backbone_weights"] is None and cache["epoch_steps"] == 6000 * 5 // 2
+    assert cache["images_over_cached"] == pytest.approx(
+        cache["seconds_per_step_images"] / cache["seconds_per_step_cached"])
+    assert cache["run_seconds_cached"] == pytest.approx(
+        cache["feature_seconds"] + cache["epochs"] * cache["epoch_seconds_cached"])
+    assert cache["feature_seconds"] == pytest.approx(6000 * cache["feature_seconds_per_image"])
+
+    # Two steps towards 95% faithfulness (the code path; it is not reached).
+    (faithful,) = [r for r in records if r["figure"] == "time_to_faithfulness"]
+    curve = faithful["curve"]
+    assert faithful["steps_trained"] == 2 and [p["step"] for p in curve] == [1, 2] and faithful["every"] == 1
+    assert 0 < curve[0]["seconds"] < curve[1]["seconds"] and all(0 <= p["faithfulness"] <= 1 for p in curve)
+    assert faithful["best"] == max(curve, key=lambda p: p["faithfulness"]) and faithful["val_scenes"] == 16
+    assert faithful["settings"]["batch_size"] == 16 and faithful["settings"]["num_train"] == 64
+    assert faithful["evaluation_seconds"] > 0 and faithful["first_step_seconds"] <= curve[0]["seconds"]
+
+    training_records = [r for r in records if r["figure"] == "training"]
+    assert [(r["model"], r["batch_size"]) for r in training_records] == [("minicap", 8), ("stock", 8)]
+    for record in training_records:
+        assert record["steps"] == 1 and record["jit_compile"] is training.resolve_jit_compile("auto")
+        expected_loop = "device-resident state" if backend == "jax" else "train_on_batch"
         assert record["step_loop"] == expected_loop
         assert record["images_per_second"] == pytest.approx(record["batch_size"] / record["seconds_per_step"])
         assert record["mfu"] == pytest.approx(
             record["training_flops_per_image"] * record["images_per_second"] / 1e12)
         assert record["minicap_over_stock"] > 0
-    assert training[0]["parameters"] == training[1]["parameters"]
+    assert training_records[0]["parameters"] == training_records[1]["parameters"]
     decoding = [r for r in records if r["figure"] == "decoding"]
     assert [(r["method"], r["cached"], r["beam_width"]) for r in decoding] == [
         ("greedy", True, 1), ("greedy", False, 1), ("beam", True, 5)]
     assert all(r["batch_size"] == 4 and r["max_length"] == 20 and r["captions_per_second"] > 0 for r in decoding)
     assert decoding[0]["cached_over_naive"] == pytest.approx(decoding[1]["seconds"] / decoding[0]["seconds"])
-    pipeline = [r for r in records if r["figure"] == "input_pipeline"]
-    assert len(pipeline) == 1 and pipeline[0]["images_per_second"] > 0
     if report["device"]["kind"] == "cpu":
         assert [s["config"] for s in report["skipped"]] == ["vit-b32"]
+
+
+TINY = dict(num_train=32, num_val=4, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
+            num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, stem_hidden_dim=0, batch_size=16,
+            epochs=3, warmup_steps=5)
+
+
+def test_training_step_of_another_backend_runs_in_a_subprocess():
+    other = "jax" if keras.backend.backend() != "jax" else "tensorflow"
+    settings = trainer.profile("quick", **TINY)
+    records = bench_train.in_subprocess(other, "training_step", {
+        "settings": settings.to_dict(), "num_scenes": 16, "steps": 1, "repeats": 1, "jits": ["on"]}, log=lambda _: None)
+    assert [(r["figure"], r["backend"]) for r in records] == [("training_step", other), ("input_pipeline", other)]
+    assert records[0]["jit_compile"] is True and records[0]["default"] is True and records[0]["batch_size"] == 16
+    with pytest.raises(ValueError, match="backend 'theano' is not installed here"):
+        bench_train.in_subprocess("theano", "training_step", {}, log=lambda _: None)
+
+
+def test_faithfulness_curve_evaluates_every_n_steps_and_stops_at_the_target_or_a_budget():
+    def steps_until_stop(rates, **options):
+        scenes = make_shapes(2, split="val", image_size=32, max_objects=1)
+        settings = dict(every=2, target=0.9, started=time.perf_counter(), total_steps=9, log=lambda _: None)
+        curve = bench_train.FaithfulnessCurve(scenes, None, **{**settings, **options})
+        rates = list(rates)
+
+        def evaluate():  # a planted curve instead of captions
+            curve.points.append({"step": curve.steps, "seconds": curve.training_seconds(),
+                                 "faithfulness": rates.pop(0)})
+            return curve.points[-1]["faithfulness"]
+
+        curve.evaluate = evaluate
+        with pytest.raises(bench_train._Stop):
+            for batch in range(100):
+                curve.on_train_batch_end(batch)
+        return [point["step"] for point in curve.points]
+
+    assert steps_until_stop([0.2, 0.95, 0.99]) == [2, 4]  # every 2 steps, until 0.9 is reached
+    assert steps_until_stop([0.2, 0.3, 0.4, 0.5, 0.6]) == [2, 4, 6, 8, 9]  # and after the last step
+    assert steps_until_stop([0.2, 0.3], max_steps=3) == [2, 3]
+    assert steps_until_stop([0.2], max_seconds=0.0) == [1]  # the budget is spent: evaluate and stop
+    assert steps_until_stop([0.95, 0.2, 0.3, 0.4, 0.5], stop_at_target=False) == [2, 4, 6, 8, 9]
+
+
+def test_first_and_best_points_of_a_curve():
+    points = [{"step": s, "faithfulness": f} for s, f in ((250, 0.5), (500, 0.96), (750, 0.99), (1000, 0.97))]
+    assert bench_train.first_and_best(points, 0.95) == (points[1], points[2])
+    assert bench_train.first_and_best(points, 0.995) == (None, points[2])
+    assert bench_train.first_and_best([], 0.95) == (None, None)
+
+
+def test_jit_auto_is_xla_on_tensorflow_and_jax_and_eager_on_torch():
+    expected = {"tensorflow": True, "jax": True, "torch": False}[keras.backend.backend()]
+    assert training.resolve_jit_compile("auto") is expected
+    model = training.compile_model(CaptionModel(_tiny()))
+    assert model.jit_compile is expected
+    model.head.supports_jit = False  # a layer XLA cannot compile keeps "auto" eager
+    assert training.resolve_jit_compile("auto", model) is False
+    assert training.resolve_jit_compile("on") is True and training.resolve_jit_compile(False) is False
+    with pytest.raises(ValueError, match="jit_compile must be 'auto', 'on', 'off', True or False, got 'yes'"):
+        training.resolve_jit_compile("yes")
+
+
+def test_run_rejects_bad_bench_settings():
+    with pytest.raises(ValueError, match="faithfulness_every must be a positive integer, got 0"):
+        bench.run(quick=True, faithfulness_every=0)
+    with pytest.raises(ValueError, match="faithfulness_budget must be a positive number of seconds, got -1"):
+        bench.run(quick=True, faithfulness_budget=-1)
+    with pytest.raises(ValueError, match=r"backends must name some of \['jax', 'tensorflow', 'torch'\], got \['theano'\]"):
+        bench.run(quick=True, backends=["theano"])
+    with pytest.raises(ValueError, match="unknown setting 'model_width'"):
+        bench.run(quick=True, overrides={"model_width": 3})
 
 
 def test_bench_command_rejects_bad_batch_sizes(capsys):

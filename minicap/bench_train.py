@@ -1,0 +1,373 @@
+"""Benchmarks of training as ``minicap train`` runs it: the second half of ``minicap bench``.
+
+Four questions, answered on this machine with the profiles of :mod:`minicap.trainer`:
+
+1. **Which XLA setting is fastest, on which backend?** The quick profile's training step, as
+   ``trainer.train`` takes it (``model.fit`` over the profile's ``CaptionBatches``, compiled by
+   ``compile_model``), with XLA on and off. Keras fixes its backend once per process, so each
+   backend other than the current one runs in a subprocess (``python -m minicap.bench_train``) and
+   its records are merged. ``training.JIT_BY_BACKEND``, the "auto" setting, follows these numbers.
+2. **Does the input pipeline keep up?** The time to produce one batch (``CaptionBatches[i]``) as a
+   share of a whole step. ``fit`` reads a ``PyDataset`` of one worker in the training thread,
+   before each step, so the step time includes it.
+3. **What does the feature cache save?** The photos profile (a frozen ViT-B/32 at 224 pixels and a
+   small decoder) trained on cached backbone features ``(batch, 49, 768)`` against trained on images,
+   where the ViT runs at every step; and the one-off cost of computing the features.
+4. **How long until the captions are right?** The quick profile trained by ``trainer.train`` while a
+   callback captions 300 validation scenes greedily every few hundred steps; the first training time
+   (evaluations left out) at which 95% of the captions are faithful to their scenes.
+"""
+import contextlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from minicap import trainer
+from minicap.model import CaptionModel
+from minicap.training import compile_model, resolve_jit_compile
+
+FLICKR8K_TRAIN_IMAGES = 6000  # the photos profile's data set: 6,000 training images ...
+FLICKR8K_REFERENCES = 5  # ... of 5 captions each; an epoch shows every caption once (469 steps of 64)
+JIT_SETTINGS = {"tensorflow": ("on", "off"), "jax": ("on", "off"), "torch": ("off",)}  # torch "on": torch.compile
+
+
+class _Slice(keras.utils.PyDataset):
+    """``count`` batches of ``batches`` from ``start`` on, cycling; ``fit``'s epoch ends change nothing."""
+
+    def __init__(self, batches, start, count):
+        super().__init__()
+        self.batches, self.start, self.count = batches, start, count
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        return self.batches[(self.start + index) % len(self.batches)]
+
+
+class _ArrayBatches:
+    """Batches ``((inputs, tokens[:, :-1]), tokens[:, 1:])`` of in-memory arrays, in order."""
+
+    def __init__(self, inputs, tokens, batch_size):
+        self.inputs, self.tokens, self.batch_size = inputs, tokens, batch_size
+
+    def __len__(self):
+        return len(self.inputs) // self.batch_size
+
+    def __getitem__(self, index):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return (self.inputs[rows], self.tokens[rows, :-1]), self.tokens[rows, 1:]
+
+
+class _StepClock(keras.callbacks.Callback):
+    """Notes the time at which the first ``warmup`` steps of a ``fit`` are done."""
+
+    def __init__(self, warmup):
+        super().__init__()
+        self.warmup, self.start = warmup, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.warmup - 1:
+            float(keras.ops.convert_to_numpy(logs["loss"]))  # waits for the device
+            self.start = time.perf_counter()
+
+
+def fit_seconds_per_step(model, batches, steps, repeats=1, warmup=1):
+    """Median over ``repeats`` of the seconds per step of ``model.fit`` over ``steps`` batches.
+
+    Each ``fit`` runs ``warmup`` steps first (the first ``fit``'s first step compiles), then the
+    timed ``steps``; its clock starts once the warm-up steps are done and stops when ``fit``
+    returns, after the last step's work (on JAX, ``fit`` writes the state back), so a timing holds
+    the steps' work and their batches, not ``fit``'s own setup.
+    """
+    seconds, start = [], 0
+    for _ in range(repeats):
+        clock = _StepClock(warmup)
+        model.fit(_Slice(batches, start, warmup + steps), verbose=0, shuffle=False, callbacks=[clock])
+        seconds.append((time.perf_counter() - clock.start) / steps)
+        start += warmup + steps
+    return statistics.median(seconds)
+
+
+def context_of_this_process(precision="auto"):
+    """Backend, device and dtype policy of this process, as every record names them (sets the policy)."""
+    from minicap.bench import device_info, resolve_policy
+
+    device = device_info()
+    policy = resolve_policy(precision, device)
+    keras.mixed_precision.set_global_policy(policy)
+    return {"backend": keras.backend.backend(), "device": device["name"], "device_kind": device["kind"],
+            "dtype_policy": policy}
+
+
+def _compile(model, settings, jit):
+    return compile_model(model, model.config.pad_id, settings.warmup_steps, settings.lr_scale,
+                         settings.label_smoothing, jit_compile=jit, weight_decay=settings.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1 and 2: the training step per XLA setting, and the input pipeline's share of it
+# ---------------------------------------------------------------------------------------------
+
+def bench_training_step(settings, num_scenes=1024, steps=10, repeats=3, jits=None, precision="auto"):
+    """The quick profile's training step with each XLA setting of ``jits`` (default: ``JIT_SETTINGS``
+    of this backend), and the input pipeline's share of the default setting's step.
+
+    Args:
+        settings: the profile (a ``TrainConfig``, or its dict): model, batch size, optimizer.
+        num_scenes: shapes scenes the batches are drawn from (4 captions each: 16 scenes a batch of 64).
+
+    Returns:
+        records: one ``"training_step"`` per setting, then one ``"input_pipeline"``.
+    """
+    from minicap.data.shapes import make_shapes
+    from minicap.text import Tokenizer
+
+    settings = settings if isinstance(settings, trainer.TrainConfig) else trainer.TrainConfig.from_dict(settings)
+    context = context_of_this_process(precision)
+    backend = context["backend"]
+    data = make_shapes(num_scenes, split="train", seed=settings.seed, image_size=settings.model.image_size,
+                       max_objects=settings.max_objects)
+    tokenizer = Tokenizer.fit([c for refs in data.captions for c in refs], min_count=settings.min_word_count)
+    batches = trainer.make_batches(settings, None, data, tokenizer, training=True, progress=False)
+    config = trainer.model_config(settings, len(tokenizer), tokenizer.pad_id)
+    default = resolve_jit_compile("auto", CaptionModel(config))
+    records = []
+    for jit in jits or JIT_SETTINGS.get(backend, ("off",)):
+        keras.utils.set_random_seed(settings.seed)
+        model = _compile(CaptionModel(config), settings, jit)
+        seconds = fit_seconds_per_step(model, batches, steps, repeats)
+        records.append({**context, "figure": "training_step", "config": "quick", "jit": jit,
+                        "jit_compile": bool(model.jit_compile), "default": bool(model.jit_compile) == default,
+                        "batch_size": settings.batch_size, "steps": steps, "repeats": repeats,
+                        "seconds_per_step": seconds, "images_per_second": settings.batch_size / seconds})
+    batch_seconds = []
+    for index in range(min(len(batches), 2 * steps)):
+        begin = time.perf_counter()
+        batches[index]
+        batch_seconds.append(time.perf_counter() - begin)
+    step = next((r for r in records if r["default"]), records[0])
+    per_batch = statistics.median(batch_seconds)
+    records.append({**context, "figure": "input_pipeline", "config": "quick", "batch_size": settings.batch_size,
+                    "batches": len(batch_seconds), "seconds_per_batch": per_batch,
+                    "images_per_second": settings.batch_size / per_batch, "step_jit": step["jit"],
+                    "seconds_per_step": step["seconds_per_step"],
+                    "share_of_step": per_batch / step["seconds_per_step"]})
+    return records
+
+
+def in_subprocess(backend, function, options, log=print):
+    """``function``'s records (a function of this module named in ``SUBPROCESS_FUNCTIONS``) computed by
+    a fresh Python process on ``backend``: its JSON, read back."""
+    import importlib.util
+
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+    if module is None or importlib.util.find_spec(module) is None:
+        raise ValueError(f"backend {backend!r} is not installed here (or unknown); choose among "
+                         f"{sorted(name for name in JIT_SETTINGS if importlib.util.find_spec(name))}")
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "records.json"
+        environment = {**os.environ, "KERAS_BACKEND": backend, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        command = [sys.executable, "-m", "minicap.bench_train", function, json.dumps(options), str(output)]
+        log(f"  {backend}: {' '.join(command[:4])} ...")
+        done = subprocess.run(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        if done.returncode:
+            raise RuntimeError(f"the {backend} subprocess failed (status {done.returncode}):\n{done.stdout[-3000:]}")
+        return json.loads(output.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# 3: cached features against the frozen backbone at every step
+# ---------------------------------------------------------------------------------------------
+
+def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=3, vocab_size=3000, jit="auto",
+                        precision="auto"):
+    """One training step of the photos profile on cached backbone features and on images, and the
+    cost of computing the features, each extrapolated to a Flickr8k epoch and to the whole run.
+
+    The model is the profile's with random backbone weights (nothing to download; the step time does
+    not depend on the values). Inputs are in-memory arrays on both sides, so the ratio is the
+    model's alone (reading and resizing JPEG files would slow the image side further).
+
+    Returns:
+        one ``"feature_cache"`` record.
+    """
+    settings = settings if isinstance(settings, trainer.TrainConfig) else trainer.TrainConfig.from_dict(settings)
+    settings = settings.replace(backbone_weights=None)
+    batch_size = batch_size or settings.batch_size
+    context = context_of_this_process(precision)
+    config = trainer.model_config(settings, vocab_size, pad_id=0)
+    keras.utils.set_random_seed(settings.seed)
+    model = _compile(CaptionModel(config), settings, jit)
+    rng = np.random.default_rng(0)
+    count = 2 * batch_size
+    images = rng.random((count, config.image_size, config.image_size, 3), dtype=np.float32)
+    tokens = rng.integers(1, vocab_size, (count, config.max_length + 1)).astype("int32")
+
+    # The features, as trainer.cached_backbone_features computes them: a compiled pass of the encoder.
+    inputs = keras.Input((config.image_size, config.image_size, 3))
+    extractor = keras.Model(inputs, model.encoder(inputs, training=False), name="feature_extractor")
+    extractor.predict_on_batch(images[:batch_size])  # compiles
+    begin = time.perf_counter()
+    features = np.concatenate([np.asarray(extractor.predict_on_batch(images[start:start + batch_size]))
+                               for start in range(0, count, batch_size)]).astype(np.float16)  # the cache's dtype
+    feature_seconds = (time.perf_counter() - begin) / count
+    features = features.astype(np.float32)  # as CaptionBatches reads them from the cache
+
+    cached = fit_seconds_per_step(model, _ArrayBatches(features, tokens, batch_size), steps)
+    # A second model for images: on TensorFlow, a train step traced for features then images has an
+    # input of unknown rank (and one run trains on one kind of input anyway).
+    del model, extractor
+    keras.utils.set_random_seed(settings.seed)
+    model = _compile(CaptionModel(config), settings, jit)
+    uncached = fit_seconds_per_step(model, _ArrayBatches(images, tokens, batch_size), image_steps)
+    epoch_steps = math.ceil(FLICKR8K_TRAIN_IMAGES * FLICKR8K_REFERENCES / batch_size)
+    epochs = settings.epochs
+    cached_run = feature_seconds * FLICKR8K_TRAIN_IMAGES + epochs * epoch_steps * cached
+    return {**context, "figure": "feature_cache", "config": "photos", "jit_compile": bool(model.jit_compile),
+            "batch_size": batch_size, "image_size": config.image_size, "backbone": config.backbone,
+            "backbone_weights": None, "num_patches": config.num_patches, "feature_dim": config.feature_dim,
+            "decoder_layers": config.decoder_layers, "model_dim": config.model_dim, "num_heads": config.num_heads,
+            "mlp_dim": config.mlp_dim, "vocab_size": vocab_size, "max_length": config.max_length,
+            "steps": steps, "image_steps": image_steps,
+            "seconds_per_step_cached": cached, "seconds_per_step_images": uncached,
+            "images_over_cached": uncached / cached,
+            "feature_seconds_per_image": feature_seconds, "epoch_images": FLICKR8K_TRAIN_IMAGES,
+            "epoch_steps": epoch_steps, "extrapolated": "per Flickr8k epoch: epoch_steps x seconds per step",
+            "epoch_seconds_cached": epoch_steps * cached, "epoch_seconds_images": epoch_steps * uncached,
+            "feature_seconds": feature_seconds * FLICKR8K_TRAIN_IMAGES, "epochs": epochs,
+            "run_seconds_cached": cached_run, "run_seconds_images": epochs * epoch_steps * uncached,
+            "run_images_over_cached": epochs * epoch_steps * uncached / cached_run}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4: time to 95% faithfulness
+# ---------------------------------------------------------------------------------------------
+
+class _Stop(Exception):
+    """Ends a benchmark's training run early (the target is reached, or the budget spent)."""
+
+
+class FaithfulnessCurve(keras.callbacks.Callback):
+    """Every ``every`` steps, the faithfulness of greedy captions of ``scenes``, against training time.
+
+    Training time is wall-clock seconds since ``started`` (``trainer.train`` was called: its data,
+    model and compilation count) less the time spent in these evaluations. Raises ``_Stop`` once the
+    faithfulness reaches ``target`` (when ``stop_at_target``), or ``max_steps`` or ``max_seconds``
+    are spent.
+    """
+
+    def __init__(self, scenes, tokenizer, every, target, started, total_steps, max_steps=None,
+                 max_seconds=None, stop_at_target=True, log=print):
+        super().__init__()
+        self.scenes, self.tokenizer, self.every, self.target = scenes, tokenizer, every, target
+        self.started, self.total_steps, self.max_steps, self.max_seconds = started, total_steps, max_steps, max_seconds
+        self.stop_at_target, self.log = stop_at_target, log
+        self.images = scenes.images.astype("float32") / 255.0
+        self.steps, self.evaluation_seconds, self.points, self.first_step_seconds = 0, 0.0, [], None
+        self.generator = None
+
+    def training_seconds(self):
+        return time.perf_counter() - self.started - self.evaluation_seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.first_step_seconds is None:
+            self.first_step_seconds = self.training_seconds()  # data, model, compilation and one step
+        last = self.steps in (self.total_steps, self.max_steps)
+        over = self.max_seconds is not None and self.training_seconds() >= self.max_seconds
+        if self.steps % self.every == 0 or last or over:
+            reached = self.evaluate() >= self.target
+            if (reached and self.stop_at_target) or last or over:
+                raise _Stop
+
+    def evaluate(self):
+        from minicap.data.faithfulness import faithfulness_rate
+        from minicap.generate import Generator
+
+        seconds, paused = self.training_seconds(), time.perf_counter()
+        if self.generator is None:
+            tokenizer = self.tokenizer
+            self.generator = Generator(self.model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+        captions = self.tokenizer.decode_batch(self.generator.greedy(self.images))
+        rate = faithfulness_rate(captions, self.scenes)
+        self.points.append({"step": self.steps, "seconds": seconds, "faithfulness": rate})
+        self.log(f"  step {self.steps}: faithfulness {rate:.3f} after {seconds:.1f} s of training")
+        self.evaluation_seconds += time.perf_counter() - paused
+        return rate
+
+
+def first_and_best(points, target):
+    """The first point of a curve whose faithfulness reaches ``target`` (None if none does), and the
+    best point (the first of equals; None for no points)."""
+    reached = next((point for point in points if point["faithfulness"] >= target), None)
+    best = max(points, key=lambda point: point["faithfulness"], default=None)
+    return reached, best
+
+
+def time_to_faithfulness(settings, target=0.95, every=250, num_scenes=300, max_steps=None, max_seconds=None,
+                         log=print):
+    """Train ``settings`` (the quick profile) with ``trainer.train`` until its greedy captions of
+    ``num_scenes`` validation scenes are ``target`` faithful, or its epochs, ``max_steps`` or
+    ``max_seconds`` (of training time) run out.
+
+    Returns:
+        one ``"time_to_faithfulness"`` record: the curve of (step, seconds, faithfulness), and the
+        first point at or above ``target``, or ``None`` with the best point.
+    """
+    from minicap.data.shapes import make_shapes
+    from minicap.text import Tokenizer
+
+    # The same tokenizer train() fits (its data are deterministic), and the validation scenes train() draws.
+    train_split, _ = trainer.load_data(settings.replace(num_val=1))
+    tokenizer = Tokenizer.fit([c for refs in train_split.captions for c in refs], min_count=settings.min_word_count)
+    total_steps = settings.epochs * len(trainer.make_batches(settings, None, train_split, tokenizer, training=True))
+    scenes = make_shapes(num_scenes, split="val", seed=settings.seed + 1, image_size=settings.model.image_size,
+                         max_objects=settings.max_objects)
+    policy = keras.mixed_precision.global_policy().name
+    with tempfile.TemporaryDirectory() as run_dir:
+        started = time.perf_counter()
+        curve = FaithfulnessCurve(scenes, tokenizer, every, target, started, total_steps, max_steps, max_seconds,
+                                  log=log)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # train's progress lines are not the bench's table
+                trainer.train(settings, run_dir, verbose=0, callbacks=[curve])
+        except _Stop:
+            pass
+        finally:
+            keras.mixed_precision.set_global_policy(policy)  # train() sets the profile's own
+    reached, best = first_and_best(curve.points, target)
+    model = settings.model
+    dtype_policy = "mixed_" + trainer.mixed_precision_dtype() if settings.mixed_precision else "float32"
+    return {"backend": keras.backend.backend(), "dtype_policy": dtype_policy, "figure": "time_to_faithfulness",
+            "config": "quick",
+            "target": target, "every": every, "val_scenes": num_scenes, "batch_size": settings.batch_size,
+            "jit": settings.jit_compile, "jit_compile": resolve_jit_compile(settings.jit_compile),
+            "settings": settings.to_dict(),
+            "summary": (f"{model.image_size} px, patches {model.patch_size} ({model.patch_stem}), width "
+                        f"{model.model_dim}, {model.encoder_layers}+{model.decoder_layers} layers, "
+                        f"{settings.num_train} scenes, batch {settings.batch_size}, {settings.epochs} epochs"),
+            "steps_trained": curve.steps, "total_steps": total_steps,
+            "first_step_seconds": curve.first_step_seconds, "evaluation_seconds": curve.evaluation_seconds,
+            "reached": reached is not None, "seconds": reached["seconds"] if reached else None,
+            "step": reached["step"] if reached else None, "best": best, "curve": curve.points}
+
+
+SUBPROCESS_FUNCTIONS = {"training_step": bench_training_step}
+
+
+if __name__ == "__main__":  # python -m minicap.bench_train FUNCTION OPTIONS_JSON OUTPUT_JSON (in_subprocess)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    name, options, output = sys.argv[1:]
+    records = SUBPROCESS_FUNCTIONS[name](**json.loads(options))
+    Path(output).write_text(json.dumps(records, indent=1) + "\n")
