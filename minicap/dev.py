@@ -63,7 +63,7 @@ def test(pytest_args=()):
     run(python, "-m", "pytest", "tests", "-m", "not notebook and not browser", "-p", "no:cacheprovider",
         *pytest_args, env={"KERAS_BACKEND": "jax"})
     # PyTorch runs eagerly, so its run is the slowest: the package tests without those marked slow
-    # (kill-and-resume runs, pretrained ViT-B, two-device training) take about 11 minutes on a 2-core CPU.
+    # (kill-and-resume runs, pretrained ViT-B, two-device training) take about 7 minutes on a 2-core CPU.
     run(python, "-m", "pytest", "tests", "-m", "not notebook and not browser and not slow", "-p", "no:cacheprovider",
         *pytest_args, env={"KERAS_BACKEND": "torch"})
 
