@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
 from minicap import dev
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,8 +65,8 @@ def _notebook(cells):
 
 @pytest.mark.slow
 def test_notebooks_nbval_executes_go_into_the_jupyter_cache_and_failed_ones_do_not(tmp_path):
-    pytest.importorskip("nbval")
-    jupyter_cache = pytest.importorskip("jupyter_cache")
+    require("nbval", "nbval (the 'test' extra) is not installed")
+    jupyter_cache = require("jupyter_cache", "jupyter-cache (installed with the 'book' extra) is not installed")
     import nbformat
 
     good, bad = tmp_path / "good.ipynb", tmp_path / "bad.ipynb"

@@ -219,7 +219,7 @@ def test_colour_shape_model_with_output_positions_saves_and_loads(tmp_path):
 def test_pretrained_backbone_trains_on_cached_features_and_saves_with_the_backbone(tmp_path):
     """A frozen ViT-B/32's features, computed once, stand in for the images: same logits; a fit step on
     features trains the projection and decoder and leaves the ViT alone; the saved model captions images."""
-    pytest.importorskip("vit_keras", reason="vit-keras (the optional 'vit' extra) is not installed")
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
     config = _config(backbone="vit-b32", image_size=64, backbone_weights=None, dropout=0.0)
     assert (config.num_patches, config.feature_dim) == (4, 768)
     model = CaptionModel(config)
