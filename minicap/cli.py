@@ -44,6 +44,8 @@ def _train(args):
         overrides["dataset"] = _dataset(args.dataset)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
+    if args.devices is not None:
+        overrides["devices"] = args.devices
     config = trainer.profile(args.profile, **overrides)
     output = args.output or os.path.join("runs", args.profile)
     result = trainer.train(config, output, overwrite=args.overwrite, verbose=1 if sys.stdout.isatty() else 2)
@@ -222,6 +224,9 @@ def build_parser():
     train.add_argument("--data-dir", metavar="DIR",
                        help="where downloads and feature caches go (default: $MINICAP_DATA or ~/.keras/datasets/minicap)")
     train.add_argument("--epochs", type=int, help="passes over the training images (default: the profile's)")
+    train.add_argument("--devices", type=int, metavar="N",
+                       help="train data-parallel on N devices, each batch split between them (default: every "
+                            "local GPU/TPU, else 1; 1: a single device)")
     train.add_argument("--output", "-o", help="run directory (default: runs/PROFILE)")
     train.add_argument("--set", action="append", metavar="NAME=VALUE",
                        help="override a training setting, e.g. --set model_dim=256 (repeatable)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 
 from minicap.checkpoint import Checkpointer, save_model_atomic, write_json_atomic
+from minicap.distribute import data_parallel, predictor
 from minicap.model import CaptionConfig
 from minicap.training import History, compile_model
 
@@ -51,6 +52,7 @@ class TrainConfig:
     cache_features: bool = True      # frozen pretrained backbone: compute its features once, keep them on disk
     mixed_precision: bool = False    # bfloat16 (float16 on GPUs older than Ampere), float32 weights
     jit_compile: str = "auto"        # XLA: "auto" (TensorFlow, JAX: on; PyTorch: off; see JIT_BY_BACKEND), "on", "off"
+    devices: int = 0                 # data parallel over this many devices (0: every local GPU/TPU, else 1)
     checkpoint_every: int = 200      # steps between checkpoints (also one at each epoch's end)
     seed: int = 0                    # seeds data order, initial weights and dropout
 
@@ -209,6 +211,11 @@ class TrainResult:
         return self.run_dir / "model.keras"
 
 
+# Settings that choose where a run trains without changing what it computes (the same global batch on
+# 1 or N devices); a resume need not match them. history.json records each run segment's devices.
+PLACEMENT_SETTINGS = ("devices",)
+
+
 def _check_run_dir(run_dir, config, overwrite):
     """Refuse to clobber a finished run, or to resume a run of different settings."""
     if (run_dir / "model.keras").exists():
@@ -220,6 +227,8 @@ def _check_run_dir(run_dir, config, overwrite):
     saved = run_dir / "train_config.json"
     if saved.exists() and (run_dir / "checkpoints" / "state.json").exists():
         previous, current = _flat(json.loads(saved.read_text())), _flat(config.to_dict())
+        for name in PLACEMENT_SETTINGS:  # where a run trains, not what: a resume may use other devices
+            previous.pop(name, None), current.pop(name, None)
         if previous != current:
             changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
             raise ValueError(
@@ -256,7 +265,7 @@ def cached_backbone_features(model, paths, config, progress=True):
     extractor = keras.Model(inputs, model.encoder(inputs, training=False), name="feature_extractor")
     describe = {"backbone": model.config.backbone, "weights": fingerprint_variables(model.encoder.weights),
                 "dtype": "float16"}
-    return cached_features(extractor.predict_on_batch, paths, model.config.image_size, feature_cache_dir(config),
+    return cached_features(predictor(extractor), paths, model.config.image_size, feature_cache_dir(config),
                            describe, batch_size=config.batch_size, progress=progress)
 
 
@@ -291,6 +300,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
 
     config = profile(config) if isinstance(config, str) else config
     run_dir = Path(run_dir)
+    placement = data_parallel(config.devices, config.batch_size)  # before anything is written
     _check_run_dir(run_dir, config, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "train_config.json", config.to_dict())
@@ -299,35 +309,44 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     policy = _set_precision(config)
     train_split, val_split = load_data(config)
     tokenizer = Tokenizer.fit([c for refs in train_split.captions for c in refs], min_count=config.min_word_count)
-    model = CaptionModel(model_config(config, len(tokenizer), tokenizer.pad_id))
-    compile_model(model, tokenizer.pad_id, config.warmup_steps, config.lr_scale, config.label_smoothing,
-                  jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
-                  weight_decay=config.weight_decay)
-    progress = verbose not in (0, "0")
-    batches = make_batches(config, model, train_split, tokenizer, training=True, progress=progress)
-    val_batches = make_batches(config, model, val_split, tokenizer, training=False, progress=progress)
+    print(f"training on {placement}")
+    # The model's variables, its optimizer's, the feature pass and fit all live on the placement's
+    # devices: one, or several holding a copy each, every batch split between them (minicap.distribute).
+    with placement.scope():
+        model = CaptionModel(model_config(config, len(tokenizer), tokenizer.pad_id))
+        compile_model(model, tokenizer.pad_id, config.warmup_steps, config.lr_scale, config.label_smoothing,
+                      jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
+                      weight_decay=config.weight_decay)
+        progress = verbose not in (0, "0")
+        batches = make_batches(config, model, train_split, tokenizer, training=True, progress=progress)
+        val_batches = make_batches(config, model, val_split, tokenizer, training=False, progress=progress)
 
-    history = History(run_dir / "history.json")
-    checkpointer = Checkpointer(run_dir / "checkpoints", config.checkpoint_every,
-                                extra=lambda: {"history": history.record})
-    all_callbacks = [history, checkpointer, *callbacks]
-    state = checkpointer.restore(model)
-    epoch, skip, resumed = 0, 0, 0
-    if state:
-        history.record = state["history"]
-        epoch, skip, resumed = state["epoch"], state["step_in_epoch"], state["step"]
-        if skip >= len(batches):  # saved after an epoch's last step, before its end: the epoch is done
-            epoch, skip = epoch + 1, 0
-        print(f"resuming {run_dir} from step {resumed} (epoch {epoch + 1}, batch {skip})")
-    # One fit per epoch over a fixed view of that epoch's batches: the order depends only on the seed
-    # and the epoch number, so a resumed run sees exactly the batches an uninterrupted one would.
-    # (fit's own shuffle is off: it would reorder the batches at random.)
-    fit = dict(validation_data=val_batches, callbacks=all_callbacks, verbose=verbose, shuffle=False)
-    for epoch in range(epoch, config.epochs):
-        checkpointer.batch_offset = skip
-        model.fit(_EpochView(batches, epoch, skip), epochs=epoch + 1, initial_epoch=epoch, **fit)
-        skip = 0
-    checkpointer.batch_offset = 0
+        history = History(run_dir / "history.json")
+        checkpointer = Checkpointer(run_dir / "checkpoints", config.checkpoint_every,
+                                    extra=lambda: {"history": history.record})
+        all_callbacks = [history, checkpointer, *callbacks]
+        state = checkpointer.restore(model)
+        epoch, skip, resumed = 0, 0, 0
+        if state:
+            history.record = state["history"]
+            epoch, skip, resumed = state["epoch"], state["step_in_epoch"], state["step"]
+            if skip >= len(batches):  # saved after an epoch's last step, before its end: the epoch is done
+                epoch, skip = epoch + 1, 0
+            print(f"resuming {run_dir} from step {resumed} (epoch {epoch + 1}, batch {skip})")
+        # One entry per run segment (a fresh start or a resume): the devices it trained on, from which step.
+        history.record.setdefault("segments", []).append(
+            {"from_step": resumed, "devices": len(placement), "device_names": placement.devices})
+        # One fit per epoch over a fixed view of that epoch's batches: the order depends only on the seed
+        # and the epoch number, so a resumed run sees exactly the batches an uninterrupted one would.
+        # (fit's own shuffle is off: it would reorder the batches at random.)
+        fit = dict(validation_data=placement.batches(val_batches, tokenizer.pad_id), callbacks=all_callbacks,
+                   verbose=verbose, shuffle=False)
+        for epoch in range(epoch, config.epochs):
+            checkpointer.batch_offset = skip
+            view = placement.batches(_EpochView(batches, epoch, skip), tokenizer.pad_id)
+            model.fit(view, epochs=epoch + 1, initial_epoch=epoch, **fit)
+            skip = 0
+        checkpointer.batch_offset = 0
 
     tokenizer.save(run_dir / "tokenizer.json")
     model.config.save(run_dir / "config.json")

@@ -12,7 +12,8 @@ seed, and a JSON history. The run directory it writes::
     run_dir/config.json         the model's CaptionConfig
     run_dir/tokenizer.json      the vocabulary
     run_dir/checkpoints/        state.json + the latest weights (with the optimizer's state)
-    run_dir/history.json        loss, accuracy and learning rate per step and per epoch
+    run_dir/history.json        loss, accuracy and learning rate per step and per epoch; the devices of
+                                each run segment (a start or a resume)
     run_dir/model.keras         the trained model, written once training has finished
 
 Reference: Vaswani et al. (2017), section 5.3 (optimizer and schedule) and 5.4 (label smoothing).
@@ -41,7 +42,8 @@ class MaskedSparseCrossEntropy(keras.losses.Loss):
         y_pred: ``(batch, length, vocab_size)`` logits (not probabilities).
 
     Returns:
-        A scalar; 0 (not NaN) for a batch that is all padding.
+        A scalar (``call`` returns the weighted ``(batch, length)`` losses Keras averages); 0 (not NaN)
+        for a batch that is all padding.
     """
 
     def __init__(self, pad_id=0, label_smoothing=0.0, name="masked_cross_entropy", **kwargs):
@@ -59,7 +61,11 @@ class MaskedSparseCrossEntropy(keras.losses.Loss):
         if self.label_smoothing:
             loss = (1.0 - self.label_smoothing) * loss - self.label_smoothing * ops.mean(log_probs, axis=-1)
         mask = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")
-        return ops.sum(loss * mask) / ops.maximum(ops.sum(mask), 1.0)
+        # Each real token weighs (B·T) / (real tokens) and padding 0, so Keras' mean over the B·T positions is
+        # the mean over the real tokens. (Keras, not this method, reduces to a scalar: with several
+        # TensorFlow devices it also divides each device's share of the loss by their number.)
+        weight = mask * ops.cast(ops.size(mask), "float32") / ops.maximum(ops.sum(mask), 1.0)
+        return loss * weight  # (B, T)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,314 @@
+"""``minicap.distribute``: data-parallel training, tested on two virtual CPU devices.
+
+A process sees several CPU devices only if it asks before its backend starts (JAX:
+``XLA_FLAGS=--xla_force_host_platform_device_count=2``; TensorFlow: two logical CPUs), so the
+training runs happen in a subprocess: this file run as a script (``python tests/test_distributed.py
+worker OUT``), which writes what it measured to ``OUT/results.json`` for the tests to check.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+TINY = dict(num_train=48, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
+            num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=2,
+            warmup_steps=5, checkpoint_every=2, dropout=0.0)
+CRASH_STEP = 5  # mid-epoch, one step after the checkpoint of step 4
+SAMPLE_SEED = 7  # the images and captions each process feeds a saved model to compare its outputs
+
+
+def _sample(tokenizer):
+    images = np.random.default_rng(SAMPLE_SEED).random((3, 32, 32, 3)).astype("float32")
+    return images, tokenizer.encode(["a red circle", "a blue square", "a green triangle"], TINY["max_length"])
+
+
+def _outputs(model, tokenizer):
+    return keras.ops.convert_to_numpy(model(_sample(tokenizer))).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Without several devices, in this process (whose backend is KERAS_BACKEND, TensorFlow by default)
+
+
+def _one_cpu_device():
+    """Skip unless the backend can train data-parallel and this machine has one CPU device, no accelerator."""
+    from minicap.distribute import accelerators
+
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        pytest.skip("data parallel runs on JAX or TensorFlow")
+    if accelerators() or len(keras.distribution.list_devices("cpu")) > 1:
+        pytest.skip("needs a machine with one CPU device and no accelerator")
+
+
+def test_one_device_without_accelerators():
+    from minicap.distribute import data_parallel, replicas
+
+    _one_cpu_device()
+    placement = data_parallel(0, batch_size=64)
+    assert len(placement) == 1 and str(placement) == "1 device (cpu:0)"
+    with placement.scope():
+        assert replicas() == 1
+
+
+def test_bad_device_counts_are_clear_errors():
+    from minicap.distribute import data_parallel
+
+    for bad in (-1, "two", 1.5, True):
+        with pytest.raises(ValueError, match="devices must be 0 .* or a number of devices, got"):
+            data_parallel(bad)
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        with pytest.raises(ValueError, match="devices=2: data-parallel training needs the JAX or TensorFlow backend"):
+            data_parallel(2)
+        return
+    with pytest.raises(ValueError, match="batch_size 64 is not divisible by the 3 devices"):
+        data_parallel(3, batch_size=64)
+    _one_cpu_device()
+    with pytest.raises(ValueError, match="devices=2 but this machine has no GPU or TPU and 1 CPU device; "
+                                         "ask for at most 1"):
+        data_parallel(2, batch_size=64)
+
+
+def test_minicap_train_devices_2_without_two_devices_fails_before_writing(tmp_path, capsys):
+    from minicap import cli
+
+    _one_cpu_device()
+    assert cli.main(["train", "-o", str(tmp_path / "run"), "--devices", "2", "--set", "num_train=8"]) == 2
+    assert "minicap train: error: devices=2 but this machine has no GPU or TPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_devices_is_a_setting_and_an_option():
+    from minicap import cli, trainer
+
+    assert trainer.profile("quick").devices == 0
+    assert trainer.profile("quick", devices=2).devices == 2  # --set devices=2
+    assert cli.build_parser().parse_args(["train", "--devices", "2"]).devices == 2
+
+
+def test_a_short_batch_is_padded_with_targets_the_loss_ignores():
+    from minicap.distribute import EvenBatches
+    from minicap.training import MaskedAccuracy, MaskedSparseCrossEntropy
+
+    rng = np.random.default_rng(0)
+    images, tokens = rng.random((3, 4, 4, 3)).astype("float32"), rng.integers(1, 9, (3, 5))
+    targets = np.concatenate([rng.integers(1, 9, (3, 3)), np.zeros((3, 2), int)], axis=1)  # padded captions
+    even = EvenBatches([((images, tokens), targets)], multiple=2, pad_id=0)
+    (padded_images, padded_tokens), padded_targets = even[0]
+    assert padded_images.shape[0] == padded_tokens.shape[0] == padded_targets.shape[0] == 4
+    assert (padded_targets[3] == 0).all() and (padded_images[3] == images[2]).all()
+    logits = rng.normal(size=(4, 5, 9)).astype("float32")
+    loss = MaskedSparseCrossEntropy(pad_id=0)
+    assert float(loss(padded_targets, logits)) == pytest.approx(float(loss(targets, logits[:3])), rel=1e-6)
+    accuracy, padded_accuracy = MaskedAccuracy(), MaskedAccuracy()
+    accuracy.update_state(targets, logits[:3])
+    padded_accuracy.update_state(padded_targets, logits)
+    assert float(padded_accuracy.result()) == float(accuracy.result())
+    assert EvenBatches([((images[:2], tokens[:2]), targets[:2])], 2)[0][1].shape[0] == 2  # even: unchanged
+
+
+def test_a_resume_may_train_on_another_number_of_devices(tmp_path):
+    from minicap import trainer
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 == 3:
+                raise Crash
+
+    config = trainer.profile("quick", **{**TINY, "epochs": 1, "jit_compile": "off"})
+    with pytest.raises(Crash):
+        trainer.train(config, tmp_path / "run", verbose=0, callbacks=[CrashAt()])
+    # As if the interrupted segment had run on two GPUs: the device count is not a setting a resume must match.
+    saved = tmp_path / "run" / "train_config.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "devices": 2}))
+    result = trainer.train(config, tmp_path / "run", verbose=0)
+    assert result.resumed_from_step == 2
+    assert [segment["from_step"] for segment in result.history["segments"]] == [0, 2]
+    with pytest.raises(Crash):  # while a change of what is computed is still refused
+        trainer.train(config.replace(seed=1), tmp_path / "other", verbose=0, callbacks=[CrashAt()])
+    with pytest.raises(ValueError, match=r"different settings \(seed\)"):
+        trainer.train(config, tmp_path / "other", verbose=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two virtual CPU devices, in a subprocess
+
+
+def _run_script(args, backend, devices, timeout):
+    environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment.pop("XLA_FLAGS", None)
+    if backend == "jax" and devices > 1:
+        environment["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    environment["MINICAP_TEST_CPU_DEVICES"] = str(devices)
+    root = Path(__file__).parents[1]  # the minicap these tests import, not another installed one
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    process = subprocess.run([sys.executable, __file__, *args], env=environment, cwd=root,
+                             capture_output=True, text=True, timeout=timeout)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-6000:]
+    return process.stdout
+
+
+@pytest.fixture(scope="module", params=["jax", "tensorflow"])
+def worker(request, tmp_path_factory):
+    """What ``_worker`` measured on two virtual CPU devices of ``backend``, and where its runs are."""
+    backend = request.param
+    if backend == "jax":
+        pytest.importorskip("jax")
+    out = tmp_path_factory.mktemp(f"data_parallel_{backend}")
+    log = _run_script(["worker", str(out)], backend, devices=2, timeout=1500)
+    return {**json.loads((out / "results.json").read_text()), "log": log, "out": out, "backend": backend}
+
+
+@pytest.mark.slow
+def test_two_devices_train_as_one_does(worker):
+    one, two = worker["runs"]["one"], worker["runs"]["two"]
+    print(f"{worker['backend']}: 1 device: loss {one['loss']:.5f}, val_loss {one['val_loss']:.5f}, "
+          f"{one['seconds']:.1f} s; 2 devices: loss {two['loss']:.5f}, val_loss {two['val_loss']:.5f}, "
+          f"{two['seconds']:.1f} s")
+    assert two["loss"] == pytest.approx(one["loss"], rel=0.02)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=0.02)
+    assert one["loss"] < 0.8 * one["first_loss"]  # both trained, not just stayed equal
+    assert one["segments"] == [{"from_step": 0, "devices": 1, "device_names": ["cpu:0"]}]
+    assert two["segments"] == [{"from_step": 0, "devices": 2, "device_names": ["cpu:0", "cpu:1"]}]
+    assert "training on 1 device (cpu:0)" in worker["log"]
+    assert "training on 2 devices (data parallel): cpu:0, cpu:1" in worker["log"]
+
+
+@pytest.mark.slow
+def test_two_devices_compute_the_same_backbone_features(worker):
+    with np.load(worker["out"] / "features.npz") as arrays:
+        one, two = arrays["arr_0"], arrays["arr_1"]
+    assert one.shape == two.shape and one.shape[0] == 11
+    # The cache holds float16: a float32 difference of rounding can move a value by one float16 step (2^-11).
+    np.testing.assert_allclose(two, one, rtol=2**-10, atol=2**-10)
+
+
+@pytest.mark.slow
+def test_two_devices_resume_after_a_crash(worker):
+    resumed, whole = worker["runs"]["resumed"], worker["runs"]["two"]
+    assert resumed["resumed_from_step"] == CRASH_STEP - 1  # the last checkpoint
+    assert resumed["steps"] == whole["steps"]  # every step once
+    assert [segment["from_step"] for segment in resumed["segments"]] == [0, CRASH_STEP - 1]
+    assert {segment["devices"] for segment in resumed["segments"]} == {2}
+    # Without dropout a resumed run is the uninterrupted one (as on one device).
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["two", "resumed"])
+def test_models_trained_on_two_devices_load_on_one(worker, run):
+    """A fresh process with one device and no distribution loads the model and computes what it computed."""
+    lines = _run_script(["load", str(worker["out"] / run)], worker["backend"], devices=1, timeout=300).splitlines()
+    np.testing.assert_allclose(json.loads(lines[-1]), worker["runs"][run]["outputs"], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The subprocess
+
+
+def _worker(out):
+    """Train TINY on one device and on two, crash and resume on two, compute backbone features on one
+    device and on two; write what happened to ``out/results.json`` and ``out/features.npz``."""
+    from minicap import trainer
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == CRASH_STEP:
+                raise Crash
+
+    # XLA compiles slowly on TensorFlow CPUs; JAX always compiles.
+    config = trainer.profile("quick", **TINY, jit_compile="off" if keras.backend.backend() == "tensorflow" else "auto")
+    runs = {}
+
+    def record(name, result, seconds):
+        history = result.history
+        runs[name] = {"loss": history["loss"][-1], "first_loss": history["loss"][0], "steps": history["step"],
+                      "val_loss": history["epochs"][-1]["val_loss"], "segments": history["segments"],
+                      "resumed_from_step": result.resumed_from_step, "seconds": seconds,
+                      "outputs": _outputs(result.model, result.tokenizer)}
+
+    for name, devices in (("one", 1), ("two", 2)):
+        start = time.perf_counter()
+        record(name, trainer.train(config.replace(devices=devices), out / name, verbose=0),
+               time.perf_counter() - start)
+    try:
+        trainer.train(config.replace(devices=2), out / "resumed", verbose=0, callbacks=[CrashAt()])
+    except Crash:
+        pass
+    from minicap.distribute import replicas
+
+    assert replicas() == 1  # the crash left the devices' scope
+    start = time.perf_counter()
+    record("resumed", trainer.train(config.replace(devices=2), out / "resumed", verbose=0), time.perf_counter() - start)
+    np.savez(out / "features.npz", *_features(out))
+    results = {"runs": runs}
+    (out / "results.json").write_text(json.dumps(results))
+
+
+def _features(out):
+    """The backbone features of 11 images computed on one device and on two, with the same weights
+    (batches of 4: the last batch, of 3, is padded to split across the 2 devices)."""
+    from PIL import Image
+
+    from minicap import trainer
+    from minicap.distribute import data_parallel
+    from minicap.model import CaptionConfig, CaptionModel
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(11):
+        paths.append(out / f"image-{index}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(paths[-1])
+    model_settings = {name: TINY[name] for name in ("image_size", "patch_size", "model_dim", "num_heads",
+                                                    "encoder_layers", "decoder_layers", "mlp_dim", "max_length")}
+    features, weights = [], None
+    for devices in (data_parallel(1), data_parallel(2)):
+        model_config = CaptionConfig(vocab_size=20, **model_settings)
+        config = trainer.TrainConfig(model=model_config, batch_size=4, data_dir=str(out / f"features-{len(devices)}"))
+        with devices.scope():
+            model = CaptionModel(model_config)
+            model(_sample_batch())
+            if weights is not None:  # the one-device model's weights
+                model.set_weights(weights)
+            weights = model.get_weights()
+            features.append(np.asarray(trainer.cached_backbone_features(model, paths, config, progress=False),
+                                       np.float32))
+    return features
+
+
+def _sample_batch():
+    return np.zeros((2, 32, 32, 3), "float32"), np.ones((2, TINY["max_length"]), "int32")
+
+
+def _load(directory):
+    """Print the outputs of the model in ``directory`` (one device, no distribution), as JSON."""
+    from minicap import trainer
+
+    from minicap.distribute import replicas
+
+    assert replicas() == 1
+    model, tokenizer = trainer.load_run(directory)
+    print(json.dumps(_outputs(model, tokenizer)))
+
+
+if __name__ == "__main__":
+    command, path = sys.argv[1], Path(sys.argv[2])
+    if os.environ.get("KERAS_BACKEND") == "tensorflow" and int(os.environ["MINICAP_TEST_CPU_DEVICES"]) > 1:
+        import tensorflow as tf
+
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration()] * int(os.environ["MINICAP_TEST_CPU_DEVICES"]))
+    keras.utils.set_random_seed(0)
+    _worker(path) if command == "worker" else _load(path)
