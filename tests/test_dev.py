@@ -20,6 +20,16 @@ def _write(path, text="x"):
     path.write_text(text)
 
 
+def _copy_book(repo):
+    """The book's own files (configuration, documents, assets and the files they include) into ``repo``."""
+    documents = dev.toc_documents()
+    included = set().union(*(dev.included_files(ROOT, document) for document in documents))
+    for relative in ["_config.yml", "_toc.yml", *documents, *sorted(ASSETS - {"_config.yml", "_toc.yml"}),
+                     *sorted(included)]:
+        _write(repo / relative, (ROOT / relative).read_text())
+    return included
+
+
 def test_the_book_is_staged_from_its_table_of_contents_and_assets_only(tmp_path):
     staged = dev.stage_book(tmp_path / "stage")
     documents = set(dev.toc_documents())
@@ -35,8 +45,7 @@ def test_virtual_environments_and_runs_inside_the_repository_are_never_read(tmp_
     """A repository with a venv (under any name), run directories, build output, checkpoints and stray
     notebooks: only the table of contents' documents and the book's assets are staged."""
     repo = tmp_path / "repo"
-    for relative in ["_config.yml", "_toc.yml", *dev.toc_documents(), *sorted(ASSETS - {"_config.yml", "_toc.yml"})]:
-        _write(repo / relative, (ROOT / relative).read_text())
+    included = _copy_book(repo)
     junk = [".venv/lib/python3.11/site-packages/papermill/tests/notebooks/simple_execute.ipynb",
             "myenv/lib/python3.11/site-packages/nbval/tests/test.ipynb", "myenv/pyvenv.cfg",
             "book/runs/quick/history.json", "book/runs/notes.md", "runs/quick/model.keras",
@@ -46,7 +55,7 @@ def test_virtual_environments_and_runs_inside_the_repository_are_never_read(tmp_
         _write(repo / relative)
     _write(repo / "book/images/figure.png")  # an asset a page may include
     staged = dev.stage_book(tmp_path / "stage", root=repo)
-    assert staged == set(dev.toc_documents(repo)) | ASSETS | {"book/images/figure.png"}
+    assert staged == set(dev.toc_documents(repo)) | ASSETS | included | {"book/images/figure.png"}
 
 
 def test_a_table_of_contents_entry_without_a_file_is_an_error(tmp_path):
@@ -91,10 +100,9 @@ def test_notebooks_nbval_executes_go_into_the_jupyter_cache_and_failed_ones_do_n
 
 def test_files_a_chapter_includes_are_staged_with_it(tmp_path):
     repo = tmp_path / "repo"
-    for relative in ["_config.yml", "_toc.yml", *dev.toc_documents(), *sorted(ASSETS - {"_config.yml", "_toc.yml"})]:
-        _write(repo / relative, (ROOT / relative).read_text())
+    _copy_book(repo)
     _write(repo / "minicap/patches.py", "# [start-patches]\nx = 1\n# [end-patches]\n")
-    _write(repo / "minicap/other.py")
+    _write(repo / "minicap/other.py")  # not included by any chapter
     notebook = json.loads((repo / "book/01_patches.ipynb").read_text())
     notebook["cells"].append({"cell_type": "markdown", "metadata": {}, "id": "inc",
                               "source": ["```{literalinclude} ../minicap/patches.py\n", ":start-after: [start-patches]\n",
