@@ -32,6 +32,7 @@ class TrainConfig:
     """Everything a training run depends on. Two runs with equal configs train the same model."""
 
     model: CaptionConfig = _model()  # the model's sizes (image_size, model_dim, backbone, ...), one source
+    profile: str = ""                # the profile these settings start from ("quick", "photos", "gpu"; "" by hand)
     # "shapes" (built in), "flickr8k" or "coco" (downloaded on demand), or the path of a folder (or CSV
     # file) of the reader's own captioned images: captions.csv with the header image,caption
     dataset: str = "shapes"
@@ -135,13 +136,18 @@ def profile(name, **overrides):
     """The named profile's TrainConfig with ``overrides`` applied (see :meth:`TrainConfig.replace`)."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    return PROFILES[name].replace(**overrides)
+    return dataclasses.replace(PROFILES[name], profile=name).replace(**overrides)
 
 
 def load_data(config):
-    """The training and validation data of ``config``: ``(train, val)``.
+    """The training and validation data of ``config``: ``(train, val)`` (see :func:`load_split`)."""
+    return load_split(config, "train"), load_split(config, "val")
 
-    Shapes scenes (``ShapesData``, images in memory) or, for photos, ``CaptionSet``s of image files
+
+def load_split(config, split):
+    """One split (``"train"`` or ``"val"``; ``"test"`` for the real data sets) of ``config``'s data set.
+
+    Shapes scenes (``ShapesData``, images in memory) or, for photos, a ``CaptionSet`` of image files
     read from disk a batch at a time: Flickr8k's train/dev lists, COCO's Karpathy train (with restval)
     / val, or a folder's train/val split.
     """
@@ -149,18 +155,17 @@ def load_data(config):
     if config.dataset == "shapes":
         from minicap.data.shapes import make_shapes
 
-        common = dict(image_size=image_size, max_objects=config.max_objects)
-        train_split = make_shapes(config.num_train, split="train", seed=config.seed, **common)
-        val_split = make_shapes(config.num_val, split="val", seed=config.seed + 1, **common)
-        return train_split, val_split
+        if split not in ("train", "val"):
+            raise ValueError(f"shapes runs have a train and a val split, not {split!r}")
+        count, seed = (config.num_train, config.seed) if split == "train" else (config.num_val, config.seed + 1)
+        return make_shapes(count, split=split, seed=seed, image_size=image_size, max_objects=config.max_objects)
     if config.dataset in BUILT_IN_DATASETS:
         from minicap.data import real_datasets
 
-        return real_datasets.load(config)
+        return real_datasets.load_split(config, split)
     from minicap.data.folder import load_caption_folder
 
-    return (load_caption_folder(config.dataset, "train", image_size=image_size),
-            load_caption_folder(config.dataset, "val", image_size=image_size))
+    return load_caption_folder(config.dataset, split, image_size=image_size)
 
 
 def model_config(config, vocab_size, pad_id):
@@ -205,6 +210,7 @@ class TrainResult:
     history: dict
     run_dir: Path
     resumed_from_step: int  # 0 for a fresh run
+    config: "TrainConfig" = None  # the settings the run was trained with (its train_config.json)
 
     @property
     def model_path(self):
@@ -354,7 +360,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
     save_model_atomic(model, run_dir / "model.keras")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     keras.mixed_precision.set_global_policy("float32")  # leave the process as it was
-    return TrainResult(model, tokenizer, history.record, run_dir, resumed)
+    return TrainResult(model, tokenizer, history.record, run_dir, resumed, config)
 
 
 class _EpochView(keras.utils.PyDataset):
@@ -386,14 +392,29 @@ def load_run(run_dir):
     return load_captioner(path)
 
 
+def run_config(run_dir):
+    """The :class:`TrainConfig` a run was trained with, read from its ``train_config.json``."""
+    path = Path(run_dir) / "train_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a minicap run directory")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
 def train_or_load(config, run_dir, retrain=False, verbose="auto"):
     """Load the finished run in ``run_dir`` if there is one (and ``retrain`` is False), else train it.
 
     Chapter 6 uses this: it reads chapter 5's model, or trains the same one if it is missing
-    (e.g. when chapter 6 is opened alone on Colab).
+    (e.g. when chapter 6 is opened alone on Colab). The result's ``config`` is the run's own settings
+    (its ``train_config.json``), not ``config``: a finished run of another profile than ``config``'s
+    is an error that names both.
     """
+    config = profile(config) if isinstance(config, str) else config
     if not retrain and (Path(run_dir) / "model.keras").exists():
+        saved = run_config(run_dir)
+        if config.profile and saved.profile and saved.profile != config.profile:
+            raise ValueError(f"{run_dir} holds a run of the {saved.profile!r} profile, not of {config.profile!r}: "
+                             f"choose PROFILE = {saved.profile!r}, or another run directory")
         model, tokenizer = load_run(run_dir)
         history = json.loads((Path(run_dir) / "history.json").read_text())
-        return TrainResult(model, tokenizer, history, Path(run_dir), 0)
+        return TrainResult(model, tokenizer, history, Path(run_dir), 0, saved)
     return train(config, run_dir, overwrite=retrain, verbose=verbose)

@@ -298,3 +298,9 @@ def test_sampling_approaches_greedy_as_temperature_goes_to_zero():
     greedy = generator.greedy(images)
     np.testing.assert_array_equal(generator.sample(images, temperature=1e-3, seed=5), greedy)
     assert not np.array_equal(generator.sample(images, temperature=1.0, seed=5), greedy)  # the noise matters
+
+
+def test_the_naive_decoder_that_encodes_once_writes_the_same_captions(model, generator, images):
+    cached = generator.greedy(images)
+    np.testing.assert_array_equal(generator.greedy(images, cached=False, reencode=False), cached)
+    np.testing.assert_array_equal(generator.greedy(images, cached=False, reencode=True), cached)

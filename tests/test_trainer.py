@@ -213,3 +213,13 @@ def test_minicap_train_killed_with_sigkill_resumes_and_finishes(tmp_path):
     # And the trained model is never overwritten without --overwrite.
     refused = _cli_train(run_dir)
     assert refused.returncode == 2 and "--overwrite" in refused.stdout
+
+
+def test_train_or_load_returns_the_runs_own_settings_and_refuses_another_profile(tmp_path):
+    trained = trainer.train(tiny(epochs=1), tmp_path / "run", verbose=0)
+    assert trained.config.profile == "quick"
+    loaded = trainer.train_or_load(tiny(epochs=1), tmp_path / "run")
+    assert loaded.config == trained.config and loaded.config.model.image_size == TINY["image_size"]
+    assert trainer.run_config(tmp_path / "run") == trained.config
+    with pytest.raises(ValueError, match="holds a run of the 'quick' profile, not of 'photos'"):
+        trainer.train_or_load("photos", tmp_path / "run")
