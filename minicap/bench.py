@@ -394,15 +394,14 @@ def bench_pipeline(label, images, captions, max_length, batch_size, context):
 
 def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes=None, vit_batch_sizes=None,
         steps=None, repeats=None, decode_batch=None, skip_vit=None, backends=None, overrides=None,
-        skip_feature_cache=False, skip_faithfulness=False, faithfulness_every=None, faithfulness_budget=None,
+        skip_feature_cache=None, skip_faithfulness=False, faithfulness_every=None, faithfulness_budget=None,
         log=print):
     """Run every benchmark; return the report (a JSON-ready dict, see ``minicap bench --help``).
 
     Args:
-        quick: the CI run: small batches, few steps, no ViT-B/32 on a CPU, the quick profile's
-            step with the default XLA setting only, and tiny versions of the feature-cache
-            comparison (batch 2, one step) and of the time to 95% faithfulness (two steps, 16
-            scenes: it runs the code, it does not reach 95%).
+        quick: the CI run: small batches, few steps, the quick profile's step with the default XLA
+            setting only, a tiny time to 95% faithfulness (two steps, 16 scenes: it runs the code,
+            it does not reach 95%); on a CPU, no ViT-B/32 and no feature-cache comparison.
         precision: "auto", "float32" or "mixed" (see ``resolve_policy``).
         jit: XLA for the training steps compared with stock Keras and for the feature-cache
             comparison: "auto" (``training.JIT_BY_BACKEND``), "on" or "off". The quick profile's
@@ -415,7 +414,9 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         backends: backends of the quick profile's step timings; others than the current one run in a
             subprocess each (default: the current one with ``quick``, else tensorflow and jax).
         overrides: settings of the quick profile, as ``trainer.profile("quick", **overrides)`` takes them.
-        skip_feature_cache, skip_faithfulness: leave out those parts.
+        skip_feature_cache: leave out the photos profile on cached features vs images (default: only
+            when ``quick`` on a CPU).
+        skip_faithfulness: leave out the time to 95% faithfulness.
         faithfulness_every: steps between evaluations of the faithfulness (default 250; ``quick`` 1).
         faithfulness_budget: most training seconds spent reaching 95% (default 900).
         log: called with each progress line.
@@ -464,14 +465,17 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
             log(f"training step: quick profile on {current}; input pipeline")
             records += bench_train.bench_training_step(settings, **step_options)
         records = [{**record, "peak_flops": peak} for record in records]  # the subprocesses' too
+        if skip_feature_cache is None:
+            skip_feature_cache = quick and device["kind"] == "cpu"
         if skip_feature_cache:
-            skipped.append({"figure": "feature_cache", "config": "photos", "reason": "skipped (--skip-feature-cache)"})
+            skipped.append({"figure": "feature_cache", "config": "photos",
+                            "reason": "skipped: two ViT-B/32 models (88M parameters) to build and compile "
+                                      "(run minicap bench without --quick, or on a GPU)"})
         else:
-            photos = profile("photos")
-            sizes = dict(batch_size=2, steps=1, image_steps=1) if quick else dict(steps=10, image_steps=3)
+            sizes = dict(batch_size=2, steps=1, image_steps=1) if quick else dict(steps=10, image_steps=2)
             log(f"feature cache: photos profile on cached features and on images, {sizes}")
-            records.append({**bench_train.bench_feature_cache(photos, jit=jit, precision=precision, **sizes),
-                            "peak_flops": peak})
+            records.append({**bench_train.bench_feature_cache(profile("photos"), jit=jit, precision=precision,
+                                                              **sizes), "peak_flops": peak})
         shapes = make_shapes(256 if quick else 1024, image_size=settings.model.image_size,
                              max_objects=settings.max_objects)
         vocab_size = len(Tokenizer.fit([c for refs in shapes.captions for c in refs]))

@@ -200,7 +200,8 @@ def _bench(args):
                        batch_sizes=sizes(args.batch_sizes), vit_batch_sizes=sizes(args.vit_batch_sizes),
                        steps=args.steps, repeats=args.repeats, decode_batch=args.decode_batch,
                        skip_vit=True if args.skip_vit else None, backends=backends,
-                       overrides=parse_overrides(args.set), skip_feature_cache=args.skip_feature_cache,
+                       overrides=parse_overrides(args.set),
+                       skip_feature_cache=True if args.skip_feature_cache else None,
                        skip_faithfulness=args.skip_faithfulness, faithfulness_every=args.faithfulness_every,
                        faithfulness_budget=args.faithfulness_budget, log=lambda line: print(line, file=sys.stderr))
     print(bench.format_table(report))
@@ -270,8 +271,8 @@ def build_parser():
         "bench", help="time training (XLA on/off per backend, input pipeline, feature cache, time to 95%% "
                       "faithfulness, vs stock Keras, MFU) and decoding; write JSON")
     bench.add_argument("--quick", action="store_true",
-                       help="the CI run: few steps, small batches, this backend and the default XLA setting only, no "
-                            "ViT-B/32 on CPU, a one-step feature-cache comparison, two steps towards 95%% faithfulness")
+                       help="the CI run: few steps, small batches, this backend and the default XLA setting only, "
+                            "two steps towards 95%% faithfulness; on a CPU no ViT-B/32 and no feature-cache comparison")
     bench.add_argument("--output", "-o", default="bench.json", help="JSON file of the results (default: bench.json)")
     bench.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto",
                        help="auto: mixed bfloat16 on a GPU (float16 before Ampere), float32 on a CPU")
@@ -284,7 +285,8 @@ def build_parser():
     bench.add_argument("--set", action="append", metavar="NAME=VALUE",
                        help="override a setting of the quick profile, as minicap train --set (repeatable)")
     bench.add_argument("--skip-feature-cache", action="store_true",
-                       help="leave out the photos profile on cached features vs images (about a minute on a CPU)")
+                       help="leave out the photos profile on cached features vs images (about two minutes on a "
+                            "CPU; left out by --quick on a CPU)")
     bench.add_argument("--skip-faithfulness", action="store_true",
                        help="leave out the time to 95%% faithfulness (trains the quick profile: minutes)")
     bench.add_argument("--faithfulness-every", type=int, metavar="STEPS",

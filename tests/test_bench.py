@@ -163,8 +163,8 @@ def test_bench_command_writes_the_json(tmp_path, capsys):
                    "--repeats", "1", "--decode-batch", "4", "--peak-tflops", "1", "--set", "batch_size=16"])
     assert status in (None, 0)
     table = capsys.readouterr().out
-    for title in ("Quick profile's training step", "Input pipeline", "Feature cache: photos profile",
-                  "Time to 95% faithfulness", "minicap against the same model from stock Keras"):
+    for title in ("Quick profile's training step", "Input pipeline", "Time to 95% faithfulness",
+                  "minicap against the same model from stock Keras"):
         assert title in table
     report = json.loads(path.read_text())
     backend = keras.backend.backend()
@@ -189,19 +189,6 @@ def test_bench_command_writes_the_json(tmp_path, capsys):
     assert pipeline["config"] == "quick" and pipeline["step_jit"] == default_step["jit"]
     assert pipeline["share_of_step"] == pytest.approx(pipeline["seconds_per_batch"] / default_step["seconds_per_step"])
     assert 0 < pipeline["share_of_step"] and pipeline["images_per_second"] > 0
-
-    # The photos profile on cached features and on images, extrapolated to a Flickr8k epoch and run.
-    (cache,) = [r for r in records if r["figure"] == "feature_cache"]
-    photos = trainer.profile("photos")
-    assert (cache["image_size"], cache["num_patches"], cache["feature_dim"], cache["batch_size"]) == (224, 49, 768, 2)
-    assert (cache["model_dim"], cache["num_heads"], cache["decoder_layers"], cache["epochs"]) == (
-        photos.model.model_dim, photos.model.num_heads, photos.model.decoder_layers, photos.epochs)
-    assert cache["backbone_weights"] is None and cache["epoch_steps"] == 6000 * 5 // 2
-    assert cache["images_over_cached"] == pytest.approx(
-        cache["seconds_per_step_images"] / cache["seconds_per_step_cached"])
-    assert cache["run_seconds_cached"] == pytest.approx(
-        cache["feature_seconds"] + cache["epochs"] * cache["epoch_seconds_cached"])
-    assert cache["feature_seconds"] == pytest.approx(6000 * cache["feature_seconds_per_image"])
 
     # Two steps towards 95% faithfulness (the code path; it is not reached).
     (faithful,) = [r for r in records if r["figure"] == "time_to_faithfulness"]
@@ -229,7 +216,30 @@ def test_bench_command_writes_the_json(tmp_path, capsys):
     assert all(r["batch_size"] == 4 and r["max_length"] == 20 and r["captions_per_second"] > 0 for r in decoding)
     assert decoding[0]["cached_over_naive"] == pytest.approx(decoding[1]["seconds"] / decoding[0]["seconds"])
     if report["device"]["kind"] == "cpu":
-        assert [s["config"] for s in report["skipped"]] == ["vit-b32"]
+        assert [(s["figure"], s["config"]) for s in report["skipped"]] == [("feature_cache", "photos"),
+                                                                           ("training", "vit-b32")]
+
+
+def test_feature_cache_bench_times_both_inputs_and_extrapolates_per_epoch_and_run():
+    record = bench_train.bench_feature_cache(trainer.profile("photos"), batch_size=2, steps=1, image_steps=1)
+    photos = trainer.profile("photos")
+    assert (record["image_size"], record["num_patches"], record["feature_dim"], record["batch_size"]) == (224, 49, 768, 2)
+    assert (record["model_dim"], record["num_heads"], record["decoder_layers"], record["epochs"]) == (
+        photos.model.model_dim, photos.model.num_heads, photos.model.decoder_layers, photos.epochs)
+    assert record["backbone_weights"] is None and record["epoch_steps"] == 6000 * 5 // 2
+    assert record["jit_compile"] is training.resolve_jit_compile("auto")
+    assert record["images_over_cached"] == pytest.approx(
+        record["seconds_per_step_images"] / record["seconds_per_step_cached"])
+    assert record["epoch_seconds_images"] == pytest.approx(15000 * record["seconds_per_step_images"])
+    assert record["run_seconds_cached"] == pytest.approx(
+        record["feature_seconds"] + record["epochs"] * record["epoch_seconds_cached"])
+    assert record["feature_seconds"] == pytest.approx(6000 * record["feature_seconds_per_image"])
+    report = {"backend": record["backend"], "device": {"name": record["device"], "kind": record["device_kind"]},
+              "dtype_policy": "float32", "peak_flops": 1e12, "peak_source": "given", "load_average": None,
+              "records": [record], "skipped": []}
+    table = bench.format_table(report)
+    assert "Feature cache: photos profile, vit-b32 frozen (random weights) at 224 px = 49 patches x 768" in table
+    assert f"ratio {record['images_over_cached']:.1f}x" in table
 
 
 TINY = dict(num_train=32, num_val=4, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
