@@ -118,6 +118,19 @@ PROFILES = {
     # loss keeps falling; chapter 5 plots both). Every epoch shows all 5 captions of every image (470 steps of
     # 64 on Flickr8k); 12 epochs with a 1,000-step warm-up peak at lr 1e-3. The captions' rare words (fewer
     # than 5 uses) become [UNK], which keeps Flickr8k's vocabulary near 3,000 words.
+    # The composition study of the book's appendix, not a general encoder: a patch encoder with a prior that only
+    # fits this world (flat-coloured shapes on a plain background), which lets a small model name colour-and-shape
+    # pairs it never saw. 72-pixel images in 24-pixel patches: the 3 x 3 patches are the scenes' grid cells. The
+    # colour-shape patch encoder, with a hidden layer that recognises shapes in the colour-blind foreground map;
+    # positions added to the encoder's output for the relations ("left of"); 8 heads and 2 encoder layers, which
+    # learned the relations for every seed tried (4 heads and 1 layer: for 1 seed in 3); strong label smoothing
+    # (0.1 lost the relations for a seed). Measured with tests/bench_seeds.py (300 scenes per split): faithful
+    # captions for seeds 0-4, 98.7-100% on new scenes and 92.3 / 94.3 / 91.0 / 96.7 / 88.7% on held-out ones.
+    "composition": TrainConfig(
+        model=CaptionConfig(vocab_size=None, max_length=16, image_size=72, patch_size=24, model_dim=64, num_heads=8,
+                            encoder_layers=2, mlp_dim=256, dropout=0.0, patch_stem="colour-shape",
+                            stem_hidden_dim=128, output_positions=True),
+        epochs=12, label_smoothing=0.3),
     "photos": TrainConfig(
         model=CaptionConfig(vocab_size=None, backbone="vit-b32", image_size=224, max_length=24, model_dim=256,
                             num_heads=4, decoder_layers=2, mlp_dim=1024, dropout=0.3),
@@ -342,6 +355,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
         # One entry per run segment (a fresh start or a resume): the devices it trained on, from which step.
         history.record.setdefault("segments", []).append(
             {"from_step": resumed, "devices": len(placement), "device_names": placement.devices})
+        # [start-train-loop]
         # One fit per epoch over a fixed view of that epoch's batches: the order depends only on the seed
         # and the epoch number, so a resumed run sees exactly the batches an uninterrupted one would.
         # (fit's own shuffle is off: it would reorder the batches at random.)
@@ -352,6 +366,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
             view = placement.batches(_EpochView(batches, epoch, skip), tokenizer.pad_id)
             model.fit(view, epochs=epoch + 1, initial_epoch=epoch, **fit)
             skip = 0
+        # [end-train-loop]
         checkpointer.batch_offset = 0
 
     tokenizer.save(run_dir / "tokenizer.json")
