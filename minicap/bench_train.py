@@ -18,6 +18,7 @@ Four questions, answered on this machine with the profiles of :mod:`minicap.trai
    (evaluations left out) at which 95% of the captions are faithful to their scenes.
 """
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import keras
 import numpy as np
 
 from minicap import trainer
+from minicap.bench_stock import decoder_flops, encoder_flops, vit_b32_config
 from minicap.model import CaptionModel
 from minicap.training import compile_model, resolve_jit_compile
 
@@ -200,7 +202,9 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=3, voca
 
     The model is the profile's with random backbone weights (nothing to download; the step time does
     not depend on the values). Inputs are in-memory arrays on both sides, so the ratio is the
-    model's alone (reading and resizing JPEG files would slow the image side further).
+    model's alone (reading and resizing JPEG files would slow the image side further). The record
+    also holds the ratio's ceiling from matmul FLOPs (ViT forward + decoder training over decoder
+    training; vit-keras's class token, one position in 50, left out).
 
     Returns:
         one ``"feature_cache"`` record.
@@ -227,13 +231,17 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=3, voca
     feature_seconds = (time.perf_counter() - begin) / count
     features = features.astype(np.float32)  # as CaptionBatches reads them from the cache
 
-    cached = fit_seconds_per_step(model, _ArrayBatches(features, tokens, batch_size), steps)
+    cached = fit_seconds_per_step(model, _ArrayBatches(features, tokens, batch_size), steps, repeats=3)
     # A second model for images: on TensorFlow, a train step traced for features then images has an
     # input of unknown rank (and one run trains on one kind of input anyway).
     del model, extractor
     keras.utils.set_random_seed(settings.seed)
     model = _compile(CaptionModel(config), settings, jit)
     uncached = fit_seconds_per_step(model, _ArrayBatches(images, tokens, batch_size), image_steps)
+    # The ceiling of the ratio: a step on images adds the ViT's forward pass (no backward: it is frozen)
+    # to the decoder's training step (forward and backward, about 3 forward passes).
+    vit = dataclasses.replace(vit_b32_config(), patch_size=config.encoder_patch_size, image_size=config.image_size)
+    backbone_flops, decoder_training_flops = encoder_flops(vit), 3 * decoder_flops(config)
     epoch_steps = math.ceil(FLICKR8K_TRAIN_IMAGES * FLICKR8K_REFERENCES / batch_size)
     epochs = settings.epochs
     cached_run = feature_seconds * FLICKR8K_TRAIN_IMAGES + epochs * epoch_steps * cached
@@ -244,7 +252,9 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=3, voca
             "mlp_dim": config.mlp_dim, "vocab_size": vocab_size, "max_length": config.max_length,
             "steps": steps, "image_steps": image_steps,
             "seconds_per_step_cached": cached, "seconds_per_step_images": uncached,
-            "images_over_cached": uncached / cached,
+            "images_over_cached": uncached / cached, "backbone_flops_per_image": backbone_flops,
+            "decoder_training_flops_per_image": decoder_training_flops,
+            "flops_images_over_cached": (backbone_flops + decoder_training_flops) / decoder_training_flops,
             "feature_seconds_per_image": feature_seconds, "epoch_images": FLICKR8K_TRAIN_IMAGES,
             "epoch_steps": epoch_steps, "extrapolated": "per Flickr8k epoch: epoch_steps x seconds per step",
             "epoch_seconds_cached": epoch_steps * cached, "epoch_seconds_images": epoch_steps * uncached,
