@@ -83,21 +83,28 @@ class _StepClock(keras.callbacks.Callback):
             self.start = time.perf_counter()
 
 
-def fit_seconds_per_step(model, batches, steps, repeats=1, warmup=1):
-    """Median over ``repeats`` of the seconds per step of ``model.fit`` over ``steps`` batches.
+def time_fits(runs, repeats=1, warmup=1):
+    """Seconds per step of ``model.fit`` for each of ``runs``, ``{name: (model, batches, steps)}``,
+    timed in alternation (every run once per repeat), so that a machine's changing load shifts all
+    runs alike rather than the one that happened to run last.
 
     Each ``fit`` runs ``warmup`` steps first (the first ``fit``'s first step compiles), then the
     timed ``steps``; its clock starts once the warm-up steps are done and stops when ``fit``
     returns, after the last step's work (on JAX, ``fit`` writes the state back), so a timing holds
     the steps' work and their batches, not ``fit``'s own setup.
+
+    Returns:
+        ``{name: [seconds per step of each repeat]}``.
     """
-    seconds, start = [], 0
+    seconds = {name: [] for name in runs}
+    start = dict.fromkeys(runs, 0)
     for _ in range(repeats):
-        clock = _StepClock(warmup)
-        model.fit(_Slice(batches, start, warmup + steps), verbose=0, shuffle=False, callbacks=[clock])
-        seconds.append((time.perf_counter() - clock.start) / steps)
-        start += warmup + steps
-    return statistics.median(seconds)
+        for name, (model, batches, steps) in runs.items():
+            clock = _StepClock(warmup)
+            model.fit(_Slice(batches, start[name], warmup + steps), verbose=0, shuffle=False, callbacks=[clock])
+            seconds[name].append((time.perf_counter() - clock.start) / steps)
+            start[name] += warmup + steps
+    return seconds
 
 
 def context_of_this_process(precision="auto"):
@@ -143,15 +150,20 @@ def bench_training_step(settings, num_scenes=1024, steps=10, repeats=3, jits=Non
     batches = trainer.make_batches(settings, None, data, tokenizer, training=True, progress=False)
     config = trainer.model_config(settings, len(tokenizer), tokenizer.pad_id)
     default = resolve_jit_compile("auto", CaptionModel(config))
-    records = []
+    models = {}
     for jit in jits or JIT_SETTINGS.get(backend, ("off",)):
         keras.utils.set_random_seed(settings.seed)
-        model = _compile(CaptionModel(config), settings, jit)
-        seconds = fit_seconds_per_step(model, batches, steps, repeats)
+        models[jit] = _compile(CaptionModel(config), settings, jit)
+    timings = time_fits({jit: (model, batches, steps) for jit, model in models.items()}, repeats)
+    records = []
+    for jit, model in models.items():
+        seconds = statistics.median(timings[jit])
         records.append({**context, "figure": "training_step", "config": "quick", "jit": jit,
                         "jit_compile": bool(model.jit_compile), "default": bool(model.jit_compile) == default,
                         "batch_size": settings.batch_size, "steps": steps, "repeats": repeats,
-                        "seconds_per_step": seconds, "images_per_second": settings.batch_size / seconds})
+                        "seconds_per_step": seconds, "seconds_per_step_best": min(timings[jit]),
+                        "seconds_per_step_repeats": timings[jit],
+                        "images_per_second": settings.batch_size / seconds})
     batch_seconds = []
     for index in range(min(len(batches), 2 * steps)):
         begin = time.perf_counter()
@@ -195,7 +207,7 @@ def in_subprocess(backend, function, options, log=print):
 # 3: cached features against the frozen backbone at every step
 # ---------------------------------------------------------------------------------------------
 
-def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=3, vocab_size=3000, jit="auto",
+def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=1, repeats=3, vocab_size=3000, jit="auto",
                         precision="auto"):
     """One training step of the photos profile on cached backbone features and on images, and the
     cost of computing the features, each extrapolated to a Flickr8k epoch and to the whole run.
@@ -231,13 +243,13 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=3, voca
     feature_seconds = (time.perf_counter() - begin) / count
     features = features.astype(np.float32)  # as CaptionBatches reads them from the cache
 
-    cached = fit_seconds_per_step(model, _ArrayBatches(features, tokens, batch_size), steps, repeats=3)
     # A second model for images: on TensorFlow, a train step traced for features then images has an
     # input of unknown rank (and one run trains on one kind of input anyway).
-    del model, extractor
     keras.utils.set_random_seed(settings.seed)
-    model = _compile(CaptionModel(config), settings, jit)
-    uncached = fit_seconds_per_step(model, _ArrayBatches(images, tokens, batch_size), image_steps)
+    image_model = _compile(CaptionModel(config), settings, jit)
+    timings = time_fits({"cached": (model, _ArrayBatches(features, tokens, batch_size), steps),
+                         "images": (image_model, _ArrayBatches(images, tokens, batch_size), image_steps)}, repeats)
+    cached, uncached = statistics.median(timings["cached"]), statistics.median(timings["images"])
     # The ceiling of the ratio: a step on images adds the ViT's forward pass (no backward: it is frozen)
     # to the decoder's training step (forward and backward, about 3 forward passes).
     vit = dataclasses.replace(vit_b32_config(), patch_size=config.encoder_patch_size, image_size=config.image_size)
@@ -250,8 +262,9 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=3, voca
             "backbone_weights": None, "num_patches": config.num_patches, "feature_dim": config.feature_dim,
             "decoder_layers": config.decoder_layers, "model_dim": config.model_dim, "num_heads": config.num_heads,
             "mlp_dim": config.mlp_dim, "vocab_size": vocab_size, "max_length": config.max_length,
-            "steps": steps, "image_steps": image_steps,
+            "steps": steps, "image_steps": image_steps, "repeats": repeats,
             "seconds_per_step_cached": cached, "seconds_per_step_images": uncached,
+            "seconds_per_step_repeats": timings,
             "images_over_cached": uncached / cached, "backbone_flops_per_image": backbone_flops,
             "decoder_training_flops_per_image": decoder_training_flops,
             "flops_images_over_cached": (backbone_flops + decoder_training_flops) / decoder_training_flops,

@@ -145,8 +145,9 @@ def make_optimizer(model_dim, warmup_steps=4000, scale=1.0, clipnorm=1.0, weight
 
 # jit_compile="auto", chosen by measurement rather than left to Keras (whose "auto" turns XLA off for
 # TensorFlow on a CPU). The quick profile's training step (batch 64, model.fit, steady state; minicap
-# bench, each backend's settings timed in one process) on a shared 2-core CPU: TensorFlow 75 ms with
-# XLA, 110 ms without; JAX 69 ms jitted, 359 ms without (another run, busier: 96 / 257 and 108 / 940).
+# bench: each backend's settings in one process, in alternation) on a 2-core CPU shared with others:
+# JAX 88 ms jitted, 430 ms without (5x); TensorFlow 55-63 ms with XLA, 66-78 ms without while the
+# other core was idle, both about 118 ms while another process held it (never slower with XLA).
 # On a GPU XLA fuses the many small element-wise ops of a Transformer step as well, and Keras already
 # turns it on there. PyTorch stays eager: Keras's jit for it is torch.compile, slow to compile and fragile.
 JIT_BY_BACKEND = {"tensorflow": True, "jax": True, "torch": False}

@@ -186,6 +186,7 @@ def test_bench_command_writes_the_json(tmp_path, capsys):
         ("auto", training.resolve_jit_compile("auto"), True)]
     for record in steps:
         assert record["batch_size"] == 16 and record["steps"] == 1  # --set reaches the profile
+        assert record["seconds_per_step_repeats"] == [record["seconds_per_step"]] == [record["seconds_per_step_best"]]
         assert record["images_per_second"] == pytest.approx(16 / record["seconds_per_step"])
     (pipeline,) = [r for r in records if r["figure"] == "input_pipeline"]  # no ViT-B/32 on the CPU
     default_step = next(r for r in steps if r["default"])
@@ -224,7 +225,10 @@ def test_bench_command_writes_the_json(tmp_path, capsys):
 
 
 def test_feature_cache_bench_times_both_inputs_and_extrapolates_per_epoch_and_run():
-    record = bench_train.bench_feature_cache(trainer.profile("photos"), batch_size=2, steps=1, image_steps=1)
+    record = bench_train.bench_feature_cache(trainer.profile("photos"), batch_size=2, steps=1, image_steps=1,
+                                             repeats=1)
+    assert record["seconds_per_step_repeats"] == {"cached": [record["seconds_per_step_cached"]],
+                                                  "images": [record["seconds_per_step_images"]]}
     photos = trainer.profile("photos")
     sizes = (record["image_size"], record["num_patches"], record["feature_dim"], record["batch_size"])
     assert sizes == (224, 49, 768, 2)
