@@ -19,11 +19,11 @@ import keras
 from keras import ops
 
 from minicap.attention import MultiHeadAttention
-from minicap.patches import ColourShapePatchEncoder, PatchEncoder, Patches, check_image_shape
+from minicap.patches import ColourShapePatchEncoder, ConvPatchEncoder, PatchEncoder, Patches, check_image_shape
 from minicap.positional import sinusoidal_encoding_2d
 
 # How the scratch encoder turns an image into patch vectors (see minicap.patches).
-PATCH_STEMS = ("linear", "colour-shape")
+PATCH_STEMS = ("linear", "colour-shape", "conv")
 
 # Layer norm epsilon of ViT (and of vit-keras).
 NORM_EPSILON = 1e-6
@@ -208,6 +208,9 @@ class VisionEncoder(keras.layers.Layer):
         self.patches = Patches(patch_size, dtype=policy, name="patches")
         if patch_stem == "linear":
             self.patch_encoder = PatchEncoder(self.num_patches, model_dim, dtype=policy, name="patch_encoder")
+        elif patch_stem == "conv":
+            self.patch_encoder = ConvPatchEncoder(image_size, patch_size, model_dim, channels=stem_hidden_dim,
+                                                  dtype=policy, name="patch_encoder")
         else:
             self.patch_encoder = ColourShapePatchEncoder(image_size, patch_size, model_dim, hidden_dim=stem_hidden_dim,
                                                          dtype=policy, name="patch_encoder")
@@ -240,6 +243,8 @@ class VisionEncoder(keras.layers.Layer):
         images = ops.cast(images, self.compute_dtype)
         if self.patch_stem == "linear":
             x = self.patch_encoder(self.patches(images * 2.0 - 1.0))  # [0, 1] -> [-1, 1], centred; (B, N, d)
+        elif self.patch_stem == "conv":
+            x = self.patch_encoder(images * 2.0 - 1.0)  # (B, N, d)
         else:
             x = self.patch_encoder(images)  # (B, N, d)
         x = self.embedding_dropout(x, training=training)

@@ -52,13 +52,16 @@ class CaptionConfig:
     encoder_dim: int | None = None  # width of the scratch encoder's patch vectors (None: model_dim)
     encoder_heads: int | None = None  # attention heads in the encoder layers (None: num_heads)
     encoder_mlp_dim: int | None = None  # hidden width of the encoder's feed-forward blocks (None: mlp_dim)
-    # how the scratch encoder embeds patches: "linear" (ViT: a Dense projection of the pixels) or
-    # "colour-shape" (a shape vector plus a colour vector, ColourShapePatchEncoder; chapter 5)
+    # how the scratch encoder embeds patches: "linear" (ViT: a Dense projection of the pixels), "conv" (a
+    # small convolutional stem, Xiao et al. 2021) or "colour-shape" (a shape vector plus a colour vector,
+    # ColourShapePatchEncoder: the composition appendix's prior for the shapes world)
     patch_stem: str = "linear"
     # add the patch grid's 2-D sinusoidal encoding to the scratch encoder's output, where the decoder
     # reads it (positions added only at the input fade through the layers; relations need them)
     output_positions: bool = False
-    stem_hidden_dim: int = 0  # colour-shape stem: a GELU layer of this width before each projection (0: none)
+    # colour-shape stem: a GELU layer of this width before each projection (0: none); conv stem: the width of
+    # its last 3 x 3 convolution (0: model_dim)
+    stem_hidden_dim: int = 0
 
     def __post_init__(self):
         if self.backbone == "scratch":

@@ -246,3 +246,81 @@ class ColourShapePatchEncoder(keras.layers.Layer):
                        "projection_dim": self.projection_dim, "threshold": self.threshold,
                        "sharpness": self.sharpness, "hidden_dim": self.hidden_dim})
         return config
+
+
+@keras.saving.register_keras_serializable(package="minicap")
+class ConvPatchEncoder(keras.layers.Layer):
+    """A convolutional stem in place of the linear patch projection, plus a learned position embedding.
+
+    Xiao et al., "Early convolutions help transformers see better" (2021): a few 3 x 3 convolutions of
+    stride 2 (stride 3 for a factor 3 of the patch size), each followed by a ReLU, then a 1 x 1
+    convolution to ``projection_dim``; their strides multiply to ``patch_size``, so the output has one
+    vector per ``patch_size`` x ``patch_size`` patch, as ``PatchEncoder``'s does.
+
+    Args:
+        image_size: side of the square input images, divisible by ``patch_size``.
+        patch_size: side ``P`` of a patch; a product of 2s and at most one 3 (4, 6, 8, 12, 16, 24, 32).
+        projection_dim: model width ``d``.
+        channels: width of the last 3 x 3 convolution (each earlier one has half the next one's);
+            0 means ``projection_dim``.
+
+    Call arguments:
+        images: ``(batch, image_size, image_size, 3)`` floats (centred: the caller maps [0, 1] to [-1, 1]).
+
+    Returns:
+        ``(batch, num_patches, projection_dim)``.
+    """
+
+    def __init__(self, image_size, patch_size, projection_dim, channels=0, **kwargs):
+        super().__init__(**kwargs)
+        grid = check_image_shape((None, image_size, image_size, 3), patch_size)
+        strides, rest = [], int(patch_size)
+        while rest % 2 == 0:
+            strides.append(2)
+            rest //= 2
+        if rest == 3:
+            strides.append(3)
+            rest = 1
+        if rest != 1 or not strides:
+            raise ValueError(f"the conv stem needs a patch size that is a product of 2s and at most one 3 "
+                             f"(e.g. 8, 12, 16), got {patch_size}")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.projection_dim = projection_dim
+        self.channels = channels
+        self.grid = grid
+        self.num_patches = grid[0] * grid[1]
+        last = channels or projection_dim
+        widths = [max(last // 2 ** (len(strides) - 1 - i), 8) for i in range(len(strides))]
+        policy = self.dtype_policy
+        self.convolutions = [
+            keras.layers.Conv2D(width, 3, strides=stride, padding="same", activation="relu", dtype=policy,
+                                name=f"conv_{i}")
+            for i, (width, stride) in enumerate(zip(widths, strides))
+        ]
+        self.projection = keras.layers.Conv2D(projection_dim, 1, dtype=policy, name="projection")
+        self.position_embedding = PositionEmbedding(self.num_patches, dtype=policy, name="position_embedding")
+
+    def build(self, input_shape):
+        shape = (None, self.image_size, self.image_size, 3)
+        for conv in self.convolutions + [self.projection]:
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+        self.position_embedding.build((None, self.num_patches, self.projection_dim))
+
+    def call(self, images):
+        x = images
+        for conv in self.convolutions:
+            x = conv(x)
+        x = self.projection(x)  # (B, rows, cols, d)
+        x = ops.reshape(x, (-1, self.num_patches, self.projection_dim))  # (B, N, d), row-major
+        return x + self.position_embedding(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_patches, self.projection_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"image_size": self.image_size, "patch_size": self.patch_size,
+                       "projection_dim": self.projection_dim, "channels": self.channels})
+        return config

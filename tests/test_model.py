@@ -46,7 +46,7 @@ def test_config_json_round_trip(tmp_path):
     (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
     (dict(pad_id=11), "pad_id 11 is not a token id below vocab_size 11"),
     (dict(backbone="vit-b16", backbone_weights="imagenet"), "backbone_weights must be one of"),
-    (dict(patch_stem="conv"), r"patch_stem must be one of \['linear', 'colour-shape'\]"),
+    (dict(patch_stem="cnn"), r"patch_stem must be one of \['linear', 'colour-shape', 'conv'\]"),
     (dict(backbone="vit-b16", patch_stem="colour-shape"), "need the scratch encoder"),
     (dict(backbone="vit-b16", output_positions=True), "need the scratch encoder"),
     (dict(model_dim=18, num_heads=2, output_positions=True), "output_positions needs an encoder width divisible by 4"),

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import keras
 
-from minicap.patches import ColourShapePatchEncoder, PatchEncoder, Patches
+from minicap.patches import ColourShapePatchEncoder, ConvPatchEncoder, PatchEncoder, Patches
 from layer_checks import check_layer
 
 
@@ -143,3 +143,36 @@ def test_colour_shape_encoder_bad_arguments():
         ColourShapePatchEncoder(24, 8, 16, hidden_dim=-1)
     with pytest.raises(ValueError, match=r"built for 24x24 RGB images got input of shape \(1, 32, 32, 3\)"):
         ColourShapePatchEncoder(24, 8, 16)(np.zeros((1, 32, 32, 3), "float32"))
+
+
+@pytest.mark.parametrize("patch_size, strides", [(8, [2, 2, 2]), (12, [2, 2, 3])])
+def test_conv_stem_strides_multiply_to_the_patch_size(patch_size, strides):
+    layer = ConvPatchEncoder(48, patch_size, 32)
+    assert [conv.strides[0] for conv in layer.convolutions] == strides
+    assert [conv.filters for conv in layer.convolutions] == [8, 16, 32]  # doubling up to the model width
+    output = layer(np.zeros((2, 48, 48, 3), "float32"))
+    assert tuple(output.shape) == (2, (48 // patch_size) ** 2, 32)
+
+
+def test_conv_stem_patch_order_is_row_major():
+    """A pixel seen by one output vector only changes that vector: patch (row 1, column 2) is number 5.
+
+    With "same" padding, an output of three stride-2 3x3 convolutions sees input pixels 8r .. 8r + 14,
+    so only pixel 7 of a patch (in each axis) is seen by that patch alone."""
+    layer = ConvPatchEncoder(24, 8, 8)
+    images = np.zeros((1, 24, 24, 3), "float32")
+    changed = images.copy()
+    changed[0, 8 + 7, 16 + 7] = 1.0
+    difference = np.abs(np.asarray(layer(changed) - layer(images))).sum(-1)[0]
+    assert difference.argmax() == 5 and np.count_nonzero(difference > 1e-7) == 1
+
+
+def test_conv_stem_round_trip(tmp_path):
+    layer = ConvPatchEncoder(24, 12, 8, name="conv_stem")
+    check_layer(layer, [np.random.default_rng(0).random((2, 24, 24, 3)).astype("float32")], tmp_path, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch_size", [5, 9, 18])
+def test_conv_stem_bad_patch_size(patch_size):
+    with pytest.raises(ValueError, match=f"product of 2s and at most one 3.*got {patch_size}"):
+        ConvPatchEncoder(90, patch_size, 8)
