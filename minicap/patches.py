@@ -140,7 +140,7 @@ class PatchEncoder(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="minicap")
 class ColourShapePatchEncoder(keras.layers.Layer):
-    """A patch encoder that keeps *what shape* apart from *what colour* (chapter 5).
+    """A patch encoder that keeps *what shape* apart from *what colour* (the composition appendix).
 
     The linear ``PatchEncoder`` projects raw pixels, so a yellow circle's vector is a product of
     its yellowness and its roundness: a model that never saw a yellow circle has never seen that
@@ -158,8 +158,8 @@ class ColourShapePatchEncoder(keras.layers.Layer):
       gives nearly the same vector in every shape (and a patch without an object gives about 0).
 
     plus the patch grid's fixed 2-D sinusoidal encoding (chapter 2). It is a *prior* about images made
-    of flat-coloured objects on a plain background, such as the shapes scenes: chapter 5 shows
-    that it lets a small model name colour-and-shape pairs it never saw in training.
+    of flat-coloured objects on a plain background, such as the shapes scenes: the book's appendix
+    shows that it lets a small model name colour-and-shape pairs it never saw in training.
 
     Args:
         image_size: side of the square input images, divisible by ``patch_size``.
@@ -228,12 +228,14 @@ class ColourShapePatchEncoder(keras.layers.Layer):
 
     def call(self, images):
         images = ops.cast(images, self.compute_dtype)
+        # [start-colour-shape-call]
         foreground = self.foreground(images)
         shape_patches = self.patches(foreground)  # (B, N, P*P)
         weights = ops.expand_dims(shape_patches, -1)  # (B, N, P*P, 1)
         pixels = ops.reshape(self.patches(images), (-1, self.num_patches, self.patch_size**2, 3))  # (B, N, P*P, 3)
         colour = ops.sum(weights * pixels, axis=2) / (ops.sum(weights, axis=2) + 1.0)  # (B, N, 3)
         x = self.shape_projection(shape_patches) + self.colour_projection(colour)  # (B, N, d)
+        # [end-colour-shape-call]
         positions = sinusoidal_encoding_2d(self.grid[0], self.grid[1], self.projection_dim)  # (N, d)
         return x + ops.cast(positions, x.dtype)[None]
 
