@@ -1,8 +1,15 @@
-"""The book's notebooks: their structure, and their execution with papermill (nbval runs them too).
+"""The book's notebooks: their structure, and their execution with papermill.
 
-The papermill run injects the quick profile's parameters and writes the executed notebooks to
-``_build/executed``, from which ``python -m minicap.dev book --executed _build/executed`` builds the
-rendered book without running them a third time.
+nbval executes every notebook with its own parameters on TensorFlow (``python3 -m minicap.dev test``), and the
+rendered book reuses those executions (tests/notebook_cache.py). The papermill runs here test what nbval does
+not, so that no execution repeats another:
+
+- chapters 1-4 on the JAX backend (the GPU machine's backend, which has no TensorFlow);
+- chapters 5 and 6 with ``PROFILE = "photos"``, on TensorFlow and on JAX: the article's pretrained ViT-B/32,
+  Flickr8k downloaded from 127.0.0.1, features cached, a decoder trained and captioning, against the offline
+  stand-ins of tests/photo_stand_ins.py (what a Colab reader runs must not crash).
+
+The executed notebooks are left in ``_build/executed/<backend>/`` for a look at their outputs.
 """
 import ast
 import json
@@ -17,7 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 EXECUTED = ROOT / "_build" / "executed"
 NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
-QUICK_PROFILE = {"PROFILE": "quick"}
+# The photos profile at sizes a CPU can afford in a test: ViT-B/32 itself on 64-pixel images (2 x 2 patches).
+PHOTOS_SETTINGS = {"image_size": 64, "epochs": 2, "batch_size": 8, "mixed_precision": False,
+                   "min_word_count": 1, "max_length": 12, "decoder_layers": 1, "mlp_dim": 256}
+PHOTOS_CHAPTERS = ("05_training.ipynb", "06_captioning.ipynb")
 GPU_KERNEL_NOTEBOOKS = {"05_training.ipynb"}
 REPOSITORY = "github/minicap-book/minicap/blob/main"
 
@@ -71,14 +81,64 @@ def test_code_lines_fit_the_page(path):
     assert not too_long, f"code lines over {MAX_CODE_LINE} characters, as (cell index, length): {too_long}"
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes_with_papermill(path):
+def _text(value):
+    """A notebook field that is a string or a list of strings (as .ipynb files store them), as one string."""
+    return value if isinstance(value, str) else "".join(value)
+
+
+def _printed(notebook):
+    """Everything the notebook's cells printed."""
+    return "".join(_text(o.get("text", "")) for c in notebook["cells"] for o in c.get("outputs", []))
+
+
+def _execute(path, backend, parameters, monkeypatch):
     papermill = require("papermill", "papermill (the 'test' extra) is not installed")
+    monkeypatch.setenv("KERAS_BACKEND", backend)  # the kernel inherits it, and imports Keras after it
+    target = EXECUTED / backend / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
     declared = papermill.inspect_notebook(str(path))
-    parameters = {k: v for k, v in QUICK_PROFILE.items() if k in declared}
-    EXECUTED.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(
-        str(path), str(EXECUTED / path.name), parameters=parameters, cwd=str(BOOK),
-        progress_bar=False, log_output=False, request_save_on_cell_execute=False,
-    )
+    unknown = set(parameters) - set(declared)
+    assert not unknown, f"{path.name} has no parameters {sorted(unknown)}"
+    papermill.execute_notebook(str(path), str(target), parameters=parameters, cwd=str(BOOK), progress_bar=False,
+                               log_output=False, request_save_on_cell_execute=False)
+    return json.loads(target.read_text())
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name < "05"], ids=lambda p: p.stem)
+def test_chapters_one_to_four_execute_on_jax(path, monkeypatch):
+    require("jax")
+    executed = _execute(path, "jax", {}, monkeypatch)
+    assert "on jax" in _printed(executed)
+
+
+@pytest.fixture(scope="module")
+def photos_data(tmp_path_factory):
+    """Flickr8k stand-in archives served on 127.0.0.1 and ViT-B/32 stand-in weights in a KERAS_HOME."""
+    require("vit_keras")
+    from photo_stand_ins import install_vit_weights, serve, write_flickr8k
+
+    root = tmp_path_factory.mktemp("photos")
+    digests, _ = write_flickr8k(root / "mirror")
+    install_vit_weights(root / "keras_home")
+    with serve(root / "mirror") as url:
+        yield {"keras_home": root / "keras_home", "data_dir": root / "data",
+               "settings": {**PHOTOS_SETTINGS, "data_url": url, "data_hashes": digests}}
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_chapters_five_and_six_run_the_photos_profile(backend, photos_data, monkeypatch):
+    require(backend)
+    monkeypatch.setenv("KERAS_HOME", str(photos_data["keras_home"]))
+    settings = {**photos_data["settings"], "data_dir": str(photos_data["data_dir"])}
+    run_dir = f"runs/photos-{backend}"  # relative to book/, as the chapters' own runs are
+    common = {"PROFILE": "photos", "RUN_DIR": run_dir, "SETTINGS": settings, "NUM_EVAL": 4}
+    trained = _execute(BOOK / "05_training.ipynb", backend, common, monkeypatch)
+    printed = _printed(trained)
+    assert "vit-b32" in printed and "float16" in printed  # the backbone, and its cached features
+    captioned = _execute(BOOK / "06_captioning.ipynb", backend, {**common, "BEAM_WIDTH": 2}, monkeypatch)
+    outputs = [o for c in captioned["cells"] for o in c.get("outputs", [])]
+    assert any("minicap-attention" in _text(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert (BOOK / run_dir / "model.keras").exists()
