@@ -17,6 +17,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import venv
 from pathlib import Path
 
@@ -55,17 +57,66 @@ def setup(extras="book,test,browser,vit"):
 
 
 def test(pytest_args=()):
-    """The whole suite: everything on TensorFlow (package, nbval, papermill), the package on JAX and PyTorch."""
+    """The whole suite, in two lanes that run side by side (the machine's cores are shared between them):
+
+    - **notebooks**, on TensorFlow: nbval executes every notebook with its own parameters and stores them in
+      jupyter-book's cache for the book command (tests/notebook_cache.py); papermill runs chapters 1-4 on JAX
+      and chapters 5-6 with the photos profile on offline stand-ins (tests/test_notebooks.py);
+    - **package**: every package test on TensorFlow, then on JAX and on PyTorch the tests whose result depends on
+      the backend (not those marked ``single_backend``); PyTorch runs eagerly, so it leaves out the slow ones.
+
+    Each lane's output goes to ``_build/test-logs/``, and is printed when the lane ends; the last lines say how
+    long each part took. Fails (exit status 1) if any part fails.
+    """
     python = setup()
-    run(python, "-m", "pytest", "tests", "book", "--nbval-lax", "-p", "no:cacheprovider", "-p", "tests.notebook_cache",
-        *pytest_args,
-        env={"KERAS_BACKEND": "tensorflow"})
-    run(python, "-m", "pytest", "tests", "-m", "not notebook and not browser", "-p", "no:cacheprovider",
-        *pytest_args, env={"KERAS_BACKEND": "jax"})
-    # PyTorch runs eagerly, so its run is the slowest: the package tests without those marked slow
-    # (kill-and-resume runs, pretrained ViT-B, two-device training) take about 7 minutes on a 2-core CPU.
-    run(python, "-m", "pytest", "tests", "-m", "not notebook and not browser and not slow", "-p", "no:cacheprovider",
-        *pytest_args, env={"KERAS_BACKEND": "torch"})
+    base = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.notebook_cache", *pytest_args]
+    package = "not notebook and not browser"
+    lanes = {
+        "notebooks": [
+            ("nbval (TensorFlow)", [*base, "book", "--nbval-lax"], "tensorflow"),
+            ("papermill (JAX; photos on TensorFlow and JAX)", [*base, "tests/test_notebooks.py", "-m", "notebook"],
+             "tensorflow"),
+        ],
+        "package": [
+            ("package on TensorFlow", [*base, "tests", "-m", package], "tensorflow"),
+            ("package on JAX", [*base, "tests", "-m", f"{package} and not single_backend"], "jax"),
+            ("package on PyTorch", [*base, "tests", "-m", f"{package} and not single_backend and not slow"], "torch"),
+        ],
+    }
+    logs = BUILD / "test-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    results, threads = {}, []
+    start = time.perf_counter()
+    for lane, parts in lanes.items():
+        thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    print(f"\ntest parts (two lanes side by side; {time.perf_counter() - start:.0f} s in all):", flush=True)
+    for name, (seconds, returncode) in results.items():
+        print(f"  {name:50} {seconds:6.0f} s  {'passed' if returncode == 0 else f'FAILED ({returncode})'}")
+    if any(returncode for _, returncode in results.values()):
+        sys.exit(1)
+
+
+def _run_lane(lane, parts, log_path, results):
+    """Run a lane's parts one after the other (all of them, even after a failure), output to ``log_path``."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        for name, command, backend in parts:
+            log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
+            log.flush()
+            started = time.perf_counter()
+            environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend}
+            completed = subprocess.run([str(p) for p in command], cwd=ROOT, env=environment, stdout=log,
+                                       stderr=subprocess.STDOUT)
+            results[name] = (time.perf_counter() - started, completed.returncode)
+    with _PRINT_LOCK:
+        print(f"\n===== lane {lane} ({log_path.relative_to(ROOT)}) =====", flush=True)
+        print(log_path.read_text(encoding="utf-8", errors="replace"), flush=True)
+
+
+_PRINT_LOCK = threading.Lock()
 
 
 def toc_documents(root=ROOT):

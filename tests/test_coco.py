@@ -9,6 +9,9 @@ from PIL import Image
 
 from minicap.data.coco import load_coco
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 NO_HASHES = {"annotations": None, "karpathy": None, "train2014": None, "val2014": None}
 
 

@@ -12,6 +12,9 @@ import yaml
 
 from minicap import colab
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

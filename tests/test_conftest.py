@@ -5,6 +5,9 @@ import pytest
 
 from conftest import require, unavailable
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 MISSING = "minicap_no_such_module"
 
 

@@ -11,6 +11,9 @@ import pytest
 from conftest import require
 from minicap import dev
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = {"_config.yml", "_toc.yml", "book/references.bib", "book/_ext/minicap_sphinx.py"}
 

@@ -16,6 +16,9 @@ import keras
 import numpy as np
 import pytest
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 TINY = dict(num_train=48, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
             num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=2,
             warmup_steps=5, checkpoint_every=2, dropout=0.0)

@@ -10,6 +10,9 @@ import pytest
 from minicap.data import download
 from minicap.data.download import extract, fetch, fetch_and_extract, find_file
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 
 def _source(tmp_path, data=b"minicap data " * 100, name="data.bin"):
     path = tmp_path / "server" / name

@@ -10,6 +10,9 @@ from PIL import Image
 
 from minicap.data.flickr8k import load_flickr8k, read_token_file
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 SPLITS = {"train": ["a_1.jpg", "b_2.jpg", "c_3.jpg"], "dev": ["d_4.jpg"], "test": ["e_5.jpg"]}
 
 

@@ -11,6 +11,9 @@ from PIL import Image
 
 from minicap.data.folder import load_caption_folder, validation_images
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 
 def _write(path, text, encoding="utf-8"):
     path.parent.mkdir(parents=True, exist_ok=True)

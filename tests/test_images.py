@@ -7,6 +7,9 @@ from PIL import Image
 
 from minicap.data.images import ImageFiles, load_image, load_images
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 
 def _save(tmp_path, name, image, **kwargs):
     path = tmp_path / name

@@ -26,6 +26,9 @@ DRIVER = """
 import os, signal, sys
 import keras
 from minicap import cli, trainer
+
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
 where, at = sys.argv[1], int(sys.argv[2])
 if where == "train":
     class Kill(keras.callbacks.Callback):

@@ -8,6 +8,9 @@ from minicap.data.pipeline import CaptionBatches
 from minicap.data.shapes import make_shapes
 from minicap.text import Tokenizer
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 CAPTIONS = [["a red circle", "a circle"], ["a blue square", "a square", "blue"], ["a green cross", "cross"]]
 
 

@@ -10,6 +10,9 @@ from minicap.data.shapes import (
 )
 from minicap.data.faithfulness import parse_caption
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 
 @pytest.fixture(scope="module")
 def train():

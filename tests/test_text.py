@@ -6,6 +6,9 @@ import pytest
 
 from minicap.text import SPECIAL_TOKENS, Tokenizer, standardize
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 
 @pytest.fixture
 def tok():
