@@ -44,7 +44,7 @@ def test_forward_flops_match_a_hand_count():
         bench_stock.forward_flops(_tiny(backbone="vit-b32", image_size=32))
 
 
-def test_vit_b32_config_is_the_issues():
+def test_vit_b32_config_is_the_article_model():
     config = bench_stock.vit_b32_config()
     assert (config.image_size, config.patch_size, config.num_patches) == (224, 32, 49)
     assert (config.encoder_layers, config.encoder_width, config.encoder_num_heads, config.encoder_mlp_width) == (
