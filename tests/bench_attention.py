@@ -4,7 +4,7 @@ Both layers sit in the same one-layer model (self-attention, then a mean squared
 same way by ``model.compile``; each timing is ``train_on_batch`` (forward, backward and an SGD update
 of the same number of weights), after warm-up, median over repeats.
 
-    python tests/bench_attention.py                      # TensorFlow, CPU, the sizes
+    python tests/bench_attention.py                      # TensorFlow, CPU, the default sizes
     python tests/bench_attention.py --jit --causal       # XLA-compiled, with a causal mask
     KERAS_BACKEND=jax python tests/bench_attention.py
 
