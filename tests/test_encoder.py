@@ -78,7 +78,7 @@ def test_vision_encoder_output_positions_add_the_2d_encoding():
                       output_positions=True)
     with pytest.raises(ValueError, match="patch_stem must be one of"):
         VisionEncoder(image_size=16, patch_size=8, model_dim=8, num_layers=1, num_heads=2, mlp_dim=16,
-                      patch_stem="conv")
+                      patch_stem="convolution")
 
 
 def test_vision_encoder_output_depends_on_patch_position():

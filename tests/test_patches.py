@@ -163,7 +163,7 @@ def test_conv_stem_patch_order_is_row_major():
     images = np.zeros((1, 24, 24, 3), "float32")
     changed = images.copy()
     changed[0, 8 + 7, 16 + 7] = 1.0
-    difference = np.abs(np.asarray(layer(changed) - layer(images))).sum(-1)[0]
+    difference = np.abs(keras.ops.convert_to_numpy(layer(changed) - layer(images))).sum(-1)[0]
     assert difference.argmax() == 5 and np.count_nonzero(difference > 1e-7) == 1
 
 

@@ -19,6 +19,9 @@ from photo_stand_ins import install_vit_weights, serve, write_caption_folder, wr
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 # Runs `minicap` with a SIGKILL planted at a point the test chooses: "train" N kills the process right
 # after training step N (its checkpoint, when one falls on N, is written first); "features" N kills it
 # while the frozen backbone computes its N-th batch of features; "none" runs it as a user would.
@@ -27,8 +30,6 @@ import os, signal, sys
 import keras
 from minicap import cli, trainer
 
-# Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
-pytestmark = pytest.mark.single_backend
 where, at = sys.argv[1], int(sys.argv[2])
 if where == "train":
     class Kill(keras.callbacks.Callback):

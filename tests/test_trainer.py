@@ -131,8 +131,8 @@ def test_a_profile_holds_the_model_settings_once_and_overrides_reach_every_field
     assert trainer.TrainConfig.from_dict(saved) == config  # train_config.json round trip
     with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
         trainer.profile("quick", epochs=0)
-    with pytest.raises(ValueError, match="model_dim 30 is not divisible by num_heads 8"):
-        trainer.profile("quick", model_dim=30)
+    with pytest.raises(ValueError, match="model_dim 30 is not divisible by num_heads 4"):
+        trainer.profile("quick", model_dim=30, num_heads=4)
 
 
 def test_the_photos_profile_is_the_articles_model():
