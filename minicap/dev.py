@@ -61,26 +61,28 @@ def test(pytest_args=()):
 
     - **notebooks**, on TensorFlow: nbval executes every notebook with its own parameters and stores them in
       jupyter-book's cache for the book command (tests/notebook_cache.py); papermill runs chapters 1-4 on JAX
-      and chapters 5-6 with the photos profile on offline stand-ins (tests/test_notebooks.py);
-    - **package**: every package test on TensorFlow, then on JAX and on PyTorch the tests whose result depends on
-      the backend (not those marked ``single_backend``); PyTorch runs eagerly, so it leaves out the slow ones.
+      and chapters 5-6 with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package
+      tests whose result depends on the backend on PyTorch, which runs eagerly, so it leaves out the slow ones;
+    - **package**: every package test on TensorFlow, then on JAX the tests whose result depends on the backend
+      (not those marked ``single_backend``).
 
     Each lane's output goes to ``_build/test-logs/``, and is printed when the lane ends; the last lines say how
     long each part took. Fails (exit status 1) if any part fails.
     """
     python = setup()
-    base = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.notebook_cache", *pytest_args]
+    base = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.notebook_cache", "--durations=10",
+            *pytest_args]
     package = "not notebook and not browser"
     lanes = {
         "notebooks": [
             ("nbval (TensorFlow)", [*base, "book", "--nbval-lax"], "tensorflow"),
             ("papermill (JAX; photos on TensorFlow and JAX)", [*base, "tests/test_notebooks.py", "-m", "notebook"],
              "tensorflow"),
+            ("package on PyTorch", [*base, "tests", "-m", f"{package} and not single_backend and not slow"], "torch"),
         ],
         "package": [
             ("package on TensorFlow", [*base, "tests", "-m", package], "tensorflow"),
             ("package on JAX", [*base, "tests", "-m", f"{package} and not single_backend"], "jax"),
-            ("package on PyTorch", [*base, "tests", "-m", f"{package} and not single_backend and not slow"], "torch"),
         ],
     }
     logs = BUILD / "test-logs"

@@ -112,12 +112,14 @@ PROFILES = {
     # 2 encoder and 2 decoder layers of width 64. Measured with tests/bench_seeds.py (chapter 5 shows what
     # mattered): the linear stem cannot recognise the jittered shapes on tinted backgrounds (58% faithful, 63
     # wrong objects in 300 captions; the conv stem: 9), and heads 8 wide never learn the relations ("left
-    # of"), 2 heads of 32 do. The encoder's output positions (DETR) keep the positions the relations need.
+    # of"), 2 heads of 32 do. The encoder's output positions (DETR) keep the positions the relations need. A
+    # warm-up of 1,200 steps (peak rate 3.6e-3, half of 300 steps' peak) and 8 epochs (3,000 steps): with 300 steps
+    # and 6 epochs, seed 3 never learned the relations (64.7%); with these, seeds 0-4 write 94-96% true captions.
     "quick": TrainConfig(
         model=CaptionConfig(vocab_size=None, max_length=16, image_size=72, patch_size=12, patch_stem="conv",
                             model_dim=64, num_heads=2, encoder_layers=2, mlp_dim=256, dropout=0.0,
                             output_positions=True),
-        epochs=6, label_smoothing=0.3),
+        epochs=8, warmup_steps=1200, label_smoothing=0.3),
     # The composition study of the book's appendix, not a general encoder: a patch encoder with a prior that only
     # fits this world (flat-coloured shapes on a plain background), which lets a small model name colour-and-shape
     # pairs it never saw. 72-pixel images in 24-pixel patches: the 3 x 3 patches are the scenes' grid cells. The

@@ -160,6 +160,7 @@ def test_run_rejects_bad_settings():
         bench.run(quick=True, jit="yes")
 
 
+@pytest.mark.single_backend  # the report's logic; other backends' steps: the subprocess test
 def test_bench_command_writes_the_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     status = main(["bench", "--quick", "--output", str(path), "--batch-sizes", "8", "--steps", "1",
@@ -224,6 +225,7 @@ def test_bench_command_writes_the_json(tmp_path, capsys):
                                                                            ("training", "vit-b32")]
 
 
+@pytest.mark.single_backend  # the report's logic; other backends' steps: the subprocess test
 def test_feature_cache_bench_times_both_inputs_and_extrapolates_per_epoch_and_run():
     record = bench_train.bench_feature_cache(trainer.profile("photos"), batch_size=2, steps=1, image_steps=1,
                                              repeats=1)

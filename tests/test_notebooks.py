@@ -69,12 +69,9 @@ def test_notebook_structure(path):
 
 
 MAX_CODE_LINE = 88  # characters; a longer code line runs past the right edge of the rendered page
-BEING_REWRITTEN = {"05_training.ipynb"}
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(path, marks=pytest.mark.xfail(strict=False, reason="being rewritten"))
-    if path.name in BEING_REWRITTEN else path for path in NOTEBOOKS], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_code_lines_fit_the_page(path):
     too_long = [(index, len(line)) for index, cell in enumerate(load(path)["cells"]) if cell["cell_type"] == "code"
                 for line in source(cell).splitlines() if len(line) > MAX_CODE_LINE]
