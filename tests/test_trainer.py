@@ -172,6 +172,7 @@ def _cli_train(run_dir, *extra, kill_at_step=None):
 
 
 @pytest.mark.slow
+@pytest.mark.single_backend  # a subprocess killed and resumed; resume on each backend: the in-process tests above
 def test_minicap_train_killed_with_sigkill_resumes_and_finishes(tmp_path):
     # 12 steps per epoch, 3 epochs, a checkpoint every 2 steps. Killed at step 7 (the last checkpoint is
     # step 6, in epoch 1), then, resumed, at step 17 (checkpoint 16, in epoch 2); then left to finish.
