@@ -27,6 +27,10 @@ SUBJECTS = ("dog", "child", "bicycle", "boat", "horse")
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210), "yellow": (230, 200, 40)}
 # (width, height, PIL mode): landscape and portrait photos, a tiny one, grayscale and CMYK JPEGs.
 FORMATS = [(500, 375, "RGB"), (333, 500, "RGB"), (640, 427, "L"), (48, 40, "RGB"), (500, 333, "CMYK")]
+# The photos profile at sizes a CPU can afford in a test: ViT-B/32 itself on 64-pixel images (2 x 2 patches),
+# the article's decoder width and heads, one decoder layer.
+SMALL_PHOTOS = {"image_size": 64, "epochs": 2, "batch_size": 8, "mixed_precision": False, "min_word_count": 1,
+                "max_length": 12, "decoder_layers": 1, "mlp_dim": 256}
 
 
 def photo(index, rng):

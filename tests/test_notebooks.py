@@ -24,9 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 EXECUTED = ROOT / "_build" / "executed"
 NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
-# The photos profile at sizes a CPU can afford in a test: ViT-B/32 itself on 64-pixel images (2 x 2 patches).
-PHOTOS_SETTINGS = {"image_size": 64, "epochs": 2, "batch_size": 8, "mixed_precision": False,
-                   "min_word_count": 1, "max_length": 12, "decoder_layers": 1, "mlp_dim": 256}
 PHOTOS_CHAPTERS = ("05_training.ipynb", "06_captioning.ipynb")
 GPU_KERNEL_NOTEBOOKS = {"05_training.ipynb"}
 REPOSITORY = "github/minicap-book/minicap/blob/main"
@@ -113,14 +110,14 @@ def test_chapters_one_to_four_execute_on_jax(path, monkeypatch):
 def photos_data(tmp_path_factory):
     """Flickr8k stand-in archives served on 127.0.0.1 and ViT-B/32 stand-in weights in a KERAS_HOME."""
     require("vit_keras")
-    from photo_stand_ins import install_vit_weights, serve, write_flickr8k
+    from photo_stand_ins import SMALL_PHOTOS, install_vit_weights, serve, write_flickr8k
 
     root = tmp_path_factory.mktemp("photos")
     digests, _ = write_flickr8k(root / "mirror")
     install_vit_weights(root / "keras_home")
     with serve(root / "mirror") as url:
         yield {"keras_home": root / "keras_home", "data_dir": root / "data",
-               "settings": {**PHOTOS_SETTINGS, "data_url": url, "data_hashes": digests}}
+               "settings": {**SMALL_PHOTOS, "data_url": url, "data_hashes": digests}}
 
 
 @pytest.mark.notebook

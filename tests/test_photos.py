@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from photo_stand_ins import install_vit_weights, serve, write_caption_folder, write_flickr8k
+from photo_stand_ins import SMALL_PHOTOS, install_vit_weights, serve, write_caption_folder, write_flickr8k
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,11 +49,9 @@ elif where == "features":
 sys.exit(cli.main(sys.argv[3:]))
 """
 
-# The photos profile with sizes a CPU test can afford: ViT-B/32 itself (its 12 layers of width 768), on
-# 64-pixel images (2 x 2 patches); the article's decoder width and heads; no dropout, so that a resumed
-# run is the uninterrupted one exactly.
-SMALL = {"image_size": 64, "epochs": 2, "batch_size": 8, "checkpoint_every": 2, "mixed_precision": False,
-         "min_word_count": 1, "max_length": 12, "dropout": 0.0, "decoder_layers": 1, "mlp_dim": 256}
+# The small photos profile, with a checkpoint every 2 steps and no dropout, so that a resumed run is the
+# uninterrupted one exactly.
+SMALL = {**SMALL_PHOTOS, "checkpoint_every": 2, "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
