@@ -100,10 +100,17 @@ def test(pytest_args=()):
         threads.append(thread)
     for thread in threads:
         thread.join()
-    print(f"\ntest parts (two lanes side by side; {time.perf_counter() - start:.0f} s in all):", flush=True)
-    for name, (seconds, returncode) in results.items():
-        print(f"  {name:50} {seconds:6.0f} s  {'passed' if returncode == 0 else f'FAILED ({returncode})'}")
-    if any(returncode for _, returncode in results.values()):
+    wall = time.perf_counter() - start
+    print(f"\ntest parts (two lanes side by side; {wall:.0f} s in all; CPU seconds: what a part kept the "
+          f"{os.cpu_count()} cores busy):", flush=True)
+    for name, (seconds, returncode, cpu_seconds) in results.items():
+        cpu = "" if cpu_seconds is None else f"{cpu_seconds:7.0f} CPU s"
+        print(f"  {name:50} {seconds:6.0f} s {cpu}  {'passed' if returncode == 0 else f'FAILED ({returncode})'}")
+    cpu_total = sum(cpu for _, _, cpu in results.values() if cpu is not None)
+    if cpu_total:
+        print(f"  {'all parts':50} {wall:6.0f} s {cpu_total:7.0f} CPU s  (the cores were "
+              f"{cpu_total / (wall * os.cpu_count()):.0%} busy)", flush=True)
+    if any(returncode for _, returncode, _ in results.values()):
         sys.exit(1)
 
 
@@ -115,15 +122,26 @@ def _run_lane(lane, parts, log_path, results):
             log.flush()
             started = time.perf_counter()
             environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend}
-            completed = subprocess.run([str(p) for p in command], cwd=ROOT, env=environment, stdout=log,
+            process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=environment, stdout=log,
                                        stderr=subprocess.STDOUT)
-            results[name] = (time.perf_counter() - started, completed.returncode)
+            returncode, cpu_seconds = _wait_with_cpu_time(process)
+            results[name] = (time.perf_counter() - started, returncode, cpu_seconds)
     with _PRINT_LOCK:
         print(f"\n===== lane {lane} ({log_path.relative_to(ROOT)}) =====", flush=True)
         print(log_path.read_text(encoding="utf-8", errors="replace"), flush=True)
 
 
 _PRINT_LOCK = threading.Lock()
+
+
+def _wait_with_cpu_time(process):
+    """Wait for ``process``; return its exit status and the CPU seconds (user and system) that it and the
+    children it waited for (e.g. notebook kernels) used, or None where the platform cannot tell."""
+    if not hasattr(os, "wait4"):
+        return process.wait(), None
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_utime + usage.ru_stime
 
 
 def toc_documents(root=ROOT):

@@ -181,7 +181,7 @@ def explore_caption(model, tokenizer, image, tokens=None, method="greedy", layer
 
     Word ``i``'s row is decoder position ``i``, whose input is the word before it (``[START]`` for
     the first) and whose output is word ``i``: the rows of ``cross_attention(model, images,
-    tokens[:, :-1])``.
+    tokens[:, :-1])``. An empty caption (``[END]`` first) is explored as the one word ``[END]``.
     """
     from minicap.generate import Generator
 
@@ -207,8 +207,8 @@ def explore_caption(model, tokenizer, image, tokens=None, method="greedy", layer
         if not 0 <= token < len(vocabulary):
             raise ValueError(f"token id {token} is outside the vocabulary (0 to {len(vocabulary) - 1})")
         words.append(vocabulary[token])
-    if not words:
-        raise ValueError(f"the caption {tokens.tolist()} has no words: nothing to explore")
+    if not words:  # the model ended the caption at once (an undertrained one may): where it looked to do so
+        words = [vocabulary[tokenizer.end_id]]
     count = min(len(words), model.config.max_length)
     words = words[:count]
     inputs = tokens[None, :count].astype("int32")  # (1, n): [START] and every word but the last
