@@ -11,6 +11,7 @@ executes them itself. Other commands: ``setup`` (only the environment), ``browse
 built page in headless Chromium and check it).
 """
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -44,15 +45,28 @@ def run(*command, env=None):
 
 
 def setup(extras="book,test,browser,vit"):
-    """Create .venv (unless one is active), install minicap with its extras, register the kernels."""
+    """Create .venv (unless one is active), install minicap with its extras, register the kernels.
+
+    Done once per environment and pyproject.toml: a stamp in the environment records what was installed, so
+    the next command (e.g. the book after the tests) skips pip while nothing changed.
+    """
     python = venv_python()
     if not python.exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
+    stamp = python.parent.parent / "minicap-setup.json"
+    wanted = {"extras": extras, "pyproject": hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest(),
+              "root": str(ROOT), "kernel_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
+    try:
+        if json.loads(stamp.read_text()) == wanted:
+            return python
+    except (OSError, ValueError):
+        pass
     run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f".[{extras}]")
     run(python, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3",
         "--display-name", "Python 3")
     run(python, "-m", "minicap.cli", "kernel", "install", "--sys-prefix")
+    stamp.write_text(json.dumps(wanted))
     return python
 
 
@@ -263,9 +277,13 @@ def main(argv=None):
     commands.add_parser("setup", help="create .venv and install minicap with its extras")
     commands.add_parser("book", help="build the rendered book into _build/html")
     tests = commands.add_parser("test", help="run the whole test suite")
-    tests.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+    tests.add_argument("pytest_args", nargs="*", help="passed on to every pytest run (e.g. --durations=50 or -x)")
     commands.add_parser("browser", help="check the built book in headless Chromium")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "test":
+        args.pytest_args = [a for a in [*args.pytest_args, *unknown] if a != "--"]
     if args.command == "setup":
         setup()
     elif args.command == "book":

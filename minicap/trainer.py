@@ -53,6 +53,7 @@ class TrainConfig:
     cache_features: bool = True      # frozen pretrained backbone: compute its features once, keep them on disk
     mixed_precision: bool = False    # bfloat16 (float16 on GPUs older than Ampere), float32 weights
     jit_compile: str = "auto"        # XLA: "auto" (TensorFlow, JAX: on; PyTorch: off; see JIT_BY_BACKEND), "on", "off"
+    run_eagerly: bool = False        # no graph, no XLA: each step op by op (debugging: print and pdb work in layers)
     devices: int = 0                 # data parallel over this many devices (0: every local GPU/TPU, else 1)
     checkpoint_every: int = 200      # steps between checkpoints (also one at each epoch's end)
     seed: int = 0                    # seeds data order, initial weights and dropout
@@ -66,6 +67,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.jit_compile not in ("auto", "on", "off"):
             raise ValueError(f"jit_compile must be 'auto', 'on' or 'off', got {self.jit_compile!r}")
+        for name in ("run_eagerly", "cache_features", "mixed_precision"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.data_hashes, dict):
             raise ValueError(f"data_hashes must be a dict of archive name to digest, got {self.data_hashes!r}")
 
@@ -255,7 +259,9 @@ def _check_run_dir(run_dir, config, overwrite):
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     saved = run_dir / "train_config.json"
     if saved.exists() and (run_dir / "checkpoints" / "state.json").exists():
-        previous, current = _flat(json.loads(saved.read_text())), _flat(config.to_dict())
+        # Through TrainConfig, so that a setting added since the run started counts with its default.
+        previous = _flat(TrainConfig.from_dict(json.loads(saved.read_text())).to_dict())
+        current = _flat(config.to_dict())
         for name in PLACEMENT_SETTINGS:  # where a run trains, not what: a resume may use other devices
             previous.pop(name, None), current.pop(name, None)
         if previous != current:
@@ -345,7 +351,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
         model = CaptionModel(model_config(config, len(tokenizer), tokenizer.pad_id))
         compile_model(model, tokenizer.pad_id, config.warmup_steps, config.lr_scale, config.label_smoothing,
                       jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
-                      weight_decay=config.weight_decay)
+                      weight_decay=config.weight_decay, run_eagerly=config.run_eagerly)
         progress = verbose not in (0, "0")
         batches = make_batches(config, model, train_split, tokenizer, training=True, progress=progress)
         val_batches = make_batches(config, model, val_split, tokenizer, training=False, progress=progress)

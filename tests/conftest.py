@@ -33,9 +33,10 @@ def require(module_name, reason=None):
 
 
 # A training run of seconds on a CPU, for tests that need a trained model on disk (the run_dir fixture).
+# Run eagerly: faster than a compiled step for a model this small (see tests/test_trainer.py's TINY).
 TINY_RUN = dict(num_train=32, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
                 num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=1,
-                warmup_steps=5, checkpoint_every=2, jit_compile="off")
+                warmup_steps=5, checkpoint_every=2, run_eagerly=True)
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,49 @@ def test_files_a_chapter_includes_are_staged_with_it(tmp_path):
     (repo / "book/01_patches.ipynb").write_text(json.dumps(notebook))
     with pytest.raises(SystemExit, match="missing.py"):
         dev.stage_book(tmp_path / "stage", root=repo)
+
+
+def test_setup_installs_once_and_again_when_pyproject_changes(tmp_path, monkeypatch):
+    root, python = tmp_path / "repo", tmp_path / "env" / "bin" / "python"
+    _write(root / "pyproject.toml", "[project]\nname = 'x'\n")
+    _write(python, "")
+    commands = []
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    monkeypatch.setattr(dev, "ROOT", root)
+    monkeypatch.setattr(dev, "venv_python", lambda: python)
+    monkeypatch.setattr(dev, "run", lambda *command, env=None: commands.append(command[1:4]))
+    assert dev.setup() == python
+    installed = [("-m", "pip", "install"), ("-m", "ipykernel", "install"), ("-m", "minicap.cli", "kernel")]
+    assert commands == installed
+    dev.setup()
+    assert commands == installed  # nothing changed: no pip
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # the GPU kernel names the backend it is registered for
+    dev.setup()
+    assert commands == installed * 2
+    _write(root / "pyproject.toml", "[project]\nname = 'x'\ndependencies = ['numpy']\n")
+    dev.setup()
+    assert commands == installed * 3
+    dev.setup(extras="test")
+    assert commands == installed * 4
+
+
+def test_the_test_command_passes_pytest_options_on(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dev, "test", calls.append)
+    dev.main(["test", "--durations=50", "-x"])
+    dev.main(["test", "tests/test_dev.py", "-k", "staged"])
+    assert calls == [["--durations=50", "-x"], ["tests/test_dev.py", "-k", "staged"]]
+    with pytest.raises(SystemExit):
+        dev.main(["book", "--durations=50"])  # only the test command takes pytest's options
+
+
+def test_a_lane_reports_each_part_s_time_exit_status_and_cpu_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(dev, "ROOT", tmp_path)
+    busy = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nsys.exit(3)"
+    results = {}
+    dev._run_lane("check", [("busy", [sys.executable, "-c", busy], "tensorflow"),
+                            ("fine", [sys.executable, "-c", "print('ok')"], "jax")], tmp_path / "lane.log", results)
+    (busy_seconds, busy_status, busy_cpu), (_, fine_status, _) = results["busy"], results["fine"]
+    assert busy_status == 3 and fine_status == 0
+    assert busy_cpu >= 0.3 and busy_seconds >= 0.3
+    assert "ok" in (tmp_path / "lane.log").read_text()

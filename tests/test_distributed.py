@@ -126,7 +126,7 @@ def test_a_resume_may_train_on_another_number_of_devices(tmp_path):
             if batch + 1 == 3:
                 raise Crash
 
-    config = trainer.profile("quick", **{**TINY, "epochs": 1, "jit_compile": "off"})
+    config = trainer.profile("quick", **{**TINY, "epochs": 1, "run_eagerly": True})
     with pytest.raises(Crash):
         trainer.train(config, tmp_path / "run", verbose=0, callbacks=[CrashAt()])
     # As if the interrupted segment had run on two GPUs: the device count is not a setting a resume must match.
