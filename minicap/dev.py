@@ -71,52 +71,55 @@ def setup(extras="book,test,browser,vit"):
 
 
 def test(pytest_args=()):
-    """The whole suite, in two lanes that run side by side (the machine's cores are shared between them):
+    """The whole suite, in three lanes that run side by side, each a sequence of pytest runs:
 
-    - **notebooks**, on TensorFlow: nbval executes every notebook with its own parameters and stores them in
-      jupyter-book's cache for the book command (tests/notebook_cache.py); papermill runs chapters 1-4 on JAX
-      and chapters 5-6 with the photos profile on offline stand-ins (tests/test_notebooks.py); then the photos
-      path end to end (tests/test_photos.py), and the package tests whose result depends on the backend on
-      PyTorch, which runs eagerly, so it leaves out the slow ones;
-    - **package**: every other package test on TensorFlow, then on JAX the tests whose result depends on the
-      backend (not those marked ``single_backend``).
+    - **notebooks**: nbval executes every notebook on TensorFlow with its own parameters and stores them in
+      jupyter-book's cache for the book command (tests/notebook_cache.py). It trains two models (chapter 5's
+      and the appendix's), the longest part of the suite, so it runs at normal priority;
+    - **TensorFlow**: the package tests on TensorFlow, then the photos path end to end (tests/test_photos.py);
+    - **other backends**: papermill runs chapters 1-4 on JAX and chapters 5-6 with the photos profile on
+      offline stand-ins (tests/test_notebooks.py); the package tests whose result depends on the backend on
+      JAX (not those marked ``single_backend``), then on PyTorch, which runs eagerly, so it leaves out the
+      slow ones.
 
-    The split balances the lanes as measured on a 2-core machine (CI: nbval 795 s, papermill 276 s, PyTorch
-    130 s; package on TensorFlow 1005 s, of which the photos tests 160 s; on JAX 554 s).
+    The last two lanes run at a lower priority (``nice``): they take the cores the notebooks leave, so that
+    the machine stays busy without delaying the longest lane.
 
     Each lane's output goes to ``_build/test-logs/``, and is printed when the lane ends; the last lines say how
-    long each part took. Fails (exit status 1) if any part fails.
+    long each part took and the CPU time it used. Fails (exit status 1) if any part fails.
     """
     python = setup()
     base = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.notebook_cache", "--durations=10",
             *pytest_args]
     package = "not notebook and not browser"
     lanes = {
-        "notebooks": [
+        "notebooks": (0, [
             ("nbval (TensorFlow)", [*base, "book", "--nbval-lax"], "tensorflow"),
-            ("papermill (JAX; photos on TensorFlow and JAX)", [*base, "tests/test_notebooks.py", "-m", "notebook"],
-             "tensorflow"),
-            ("photos end to end (TensorFlow)", [*base, "tests/test_photos.py"], "tensorflow"),
-            ("package on PyTorch", [*base, "tests", "-m", f"{package} and not single_backend and not slow"], "torch"),
-        ],
-        "package": [
+        ]),
+        "tensorflow": (LOW_PRIORITY, [
             ("package on TensorFlow", [*base, "tests", "-m", package, "--ignore=tests/test_photos.py"], "tensorflow"),
+            ("photos end to end (TensorFlow)", [*base, "tests/test_photos.py"], "tensorflow"),
+        ]),
+        "backends": (LOW_PRIORITY, [
+            ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow)",
+             [*base, "tests/test_notebooks.py", "-m", "notebook"], "tensorflow"),
             ("package on JAX", [*base, "tests", "-m", f"{package} and not single_backend"], "jax"),
-        ],
+            ("package on PyTorch", [*base, "tests", "-m", f"{package} and not single_backend and not slow"], "torch"),
+        ]),
     }
     logs = BUILD / "test-logs"
     logs.mkdir(parents=True, exist_ok=True)
     results, threads = {}, []
     start = time.perf_counter()
-    for lane, parts in lanes.items():
-        thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results))
+    for lane, (niceness, parts) in lanes.items():
+        thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results, niceness))
         thread.start()
         threads.append(thread)
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    print(f"\ntest parts (two lanes side by side; {wall:.0f} s in all; CPU seconds: what a part kept the "
-          f"{os.cpu_count()} cores busy):", flush=True)
+    print(f"\ntest parts ({len(lanes)} lanes side by side; {wall:.0f} s in all; CPU seconds: what a part kept "
+          f"the {os.cpu_count()} cores busy):", flush=True)
     for name, (seconds, returncode, cpu_seconds) in results.items():
         cpu = "" if cpu_seconds is None else f"{cpu_seconds:7.0f} CPU s"
         print(f"  {name:50} {seconds:6.0f} s {cpu}  {'passed' if returncode == 0 else f'FAILED ({returncode})'}")
@@ -128,16 +131,21 @@ def test(pytest_args=()):
         sys.exit(1)
 
 
-def _run_lane(lane, parts, log_path, results):
-    """Run a lane's parts one after the other (all of them, even after a failure), output to ``log_path``."""
+LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
+
+
+def _run_lane(lane, parts, log_path, results, niceness=0):
+    """Run a lane's parts one after the other (all of them, even after a failure), output to ``log_path``,
+    at ``niceness`` (added to this process's, where the platform has ``os.nice``)."""
     with open(log_path, "w", encoding="utf-8") as log:
         for name, command, backend in parts:
             log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
             log.flush()
             started = time.perf_counter()
             environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend}
+            lower = (lambda: os.nice(niceness)) if niceness and hasattr(os, "nice") else None
             process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=environment, stdout=log,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT, preexec_fn=lower)
             returncode, cpu_seconds = _wait_with_cpu_time(process)
             results[name] = (time.perf_counter() - started, returncode, cpu_seconds)
     with _PRINT_LOCK:

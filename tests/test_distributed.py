@@ -205,12 +205,21 @@ def test_two_devices_resume_after_a_crash(worker):
     assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def loaded(worker):
+    """The outputs of the models of ``worker``'s runs "two" and "resumed", loaded in a fresh process with one
+    device and no distribution (one process for both)."""
+    runs = ["two", "resumed"]
+    lines = _run_script(["load", *(str(worker["out"] / run) for run in runs)], worker["backend"], devices=1,
+                        timeout=300).splitlines()
+    return dict(zip(runs, json.loads(lines[-1])))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("run", ["two", "resumed"])
-def test_models_trained_on_two_devices_load_on_one(worker, run):
+def test_models_trained_on_two_devices_load_on_one(worker, loaded, run):
     """A fresh process with one device and no distribution loads the model and computes what it computed."""
-    lines = _run_script(["load", str(worker["out"] / run)], worker["backend"], devices=1, timeout=300).splitlines()
-    np.testing.assert_allclose(json.loads(lines[-1]), worker["runs"][run]["outputs"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded[run], worker["runs"][run]["outputs"], rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -294,19 +303,18 @@ def _sample_batch():
     return np.zeros((2, 32, 32, 3), "float32"), np.ones((2, TINY["max_length"]), "int32")
 
 
-def _load(directory):
-    """Print the outputs of the model in ``directory`` (one device, no distribution), as JSON."""
+def _load(directories):
+    """Print the outputs of the models in ``directories`` (one device, no distribution), as a JSON list."""
     from minicap import trainer
 
     from minicap.distribute import replicas
 
     assert replicas() == 1
-    model, tokenizer = trainer.load_run(directory)
-    print(json.dumps(_outputs(model, tokenizer)))
+    print(json.dumps([_outputs(*trainer.load_run(directory)) for directory in directories]))
 
 
 if __name__ == "__main__":
-    command, path = sys.argv[1], Path(sys.argv[2])
+    command, paths = sys.argv[1], [Path(arg) for arg in sys.argv[2:]]
     if os.environ.get("KERAS_BACKEND") == "tensorflow" and int(os.environ["MINICAP_TEST_CPU_DEVICES"]) > 1:
         import tensorflow as tf
 
@@ -314,4 +322,4 @@ if __name__ == "__main__":
             tf.config.list_physical_devices("CPU")[0],
             [tf.config.LogicalDeviceConfiguration()] * int(os.environ["MINICAP_TEST_CPU_DEVICES"]))
     keras.utils.set_random_seed(0)
-    _worker(path) if command == "worker" else _load(path)
+    _worker(paths[0]) if command == "worker" else _load(paths)
