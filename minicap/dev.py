@@ -8,7 +8,7 @@ Run from the repository root with any Python >= 3.10; it creates ``.venv`` on fi
 The book command executes each notebook through jupyter-book's cache, which the test command's
 nbval run fills: after the tests, the book reuses the notebooks they executed; on a fresh machine it
 executes them itself. Other commands: ``setup`` (only the environment), ``browser`` (open every
-built page in headless Chromium and check it).
+built page in headless Chromium and check it), ``browser-deps`` (install what ``browser`` needs).
 """
 import argparse
 import hashlib
@@ -265,6 +265,13 @@ def browser():
     are left in _build/screenshots.
     """
     python = setup()
+    browser_dependencies()
+    run(python, "-m", "pytest", "tests/browser", "-m", "browser", "-p", "no:cacheprovider")
+
+
+def browser_dependencies():
+    """Install Debian's chromium and npm, those missing, with apt-get (as root; otherwise name them and
+    exit). CI runs this alone, in the background while the tests run (``browser-deps``)."""
     missing = [package for package, program in (("chromium", "/usr/bin/chromium"), ("npm", "npm"))
                if not shutil.which(program)]
     if "MINICAP_CHROMIUM" in os.environ and "chromium" in missing:
@@ -275,7 +282,8 @@ def browser():
         apt = {"DEBIAN_FRONTEND": "noninteractive"}
         run("apt-get", "update", "-q", env=apt)
         run("apt-get", "install", "-y", "-q", *missing, env=apt)
-    run(python, "-m", "pytest", "tests/browser", "-m", "browser", "-p", "no:cacheprovider")
+    else:
+        print("chromium and npm are installed", flush=True)
 
 
 def main(argv=None):
@@ -287,6 +295,7 @@ def main(argv=None):
     tests = commands.add_parser("test", help="run the whole test suite")
     tests.add_argument("pytest_args", nargs="*", help="passed on to every pytest run (e.g. --durations=50 or -x)")
     commands.add_parser("browser", help="check the built book in headless Chromium")
+    commands.add_parser("browser-deps", help="install what the browser checks need (Debian's chromium and npm)")
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -298,6 +307,8 @@ def main(argv=None):
         book()
     elif args.command == "test":
         test(args.pytest_args)
+    elif args.command == "browser-deps":
+        browser_dependencies()
     else:
         browser()
 

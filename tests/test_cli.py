@@ -18,6 +18,10 @@ from minicap.evaluate import evaluate_shapes
 from minicap.generate import Generator
 from minicap.model import load_captioner
 
+# What the commands print and refuse does not depend on Keras's backend (the models they load are tested on
+# each backend by test_model.py and test_generate.py): runs once, on the default one.
+pytestmark = pytest.mark.single_backend
+
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "faithfulness", "grounding", "chance", "mentions")
 
 

@@ -149,6 +149,7 @@ def _cli(*args):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
 
 
+@pytest.mark.single_backend  # the script's handling of bad files, whatever the backend
 def test_cli_captions_the_good_images_and_names_the_bad_ones(tmp_path, run_dir):
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "good.png")
     Image.fromarray(np.zeros((40, 50), np.uint16) + 900).save(tmp_path / "deep.png")  # 16-bit grayscale
@@ -161,6 +162,7 @@ def test_cli_captions_the_good_images_and_names_the_bad_ones(tmp_path, run_dir):
     assert re.search(r"corrupt.jpg", done.stderr) and re.search(r"is a directory", done.stderr)
 
 
+@pytest.mark.single_backend  # the script's handling of bad files, whatever the backend
 def test_cli_reports_a_bad_model_in_one_line(tmp_path):
     (tmp_path / "m.keras").write_text("no")
     (tmp_path / "tokenizer.json").write_text("{}")
