@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import require
@@ -165,3 +166,42 @@ def test_a_lane_reports_each_part_s_time_exit_status_and_cpu_seconds(tmp_path, m
     assert busy_status == 3 and fine_status == 0
     assert busy_cpu >= 0.3 and busy_seconds >= 0.3
     assert f"niceness {min(os.nice(0) + 3, 19)} jax" in (tmp_path / "lane.log").read_text()
+
+
+# A program each backend compiles with XLA, then reports whether it compiled (a cache miss) or loaded it.
+COMPILE_ONCE = """
+import sys
+backend = sys.argv[1]
+if backend == "jax":
+    import jax, jax.numpy as jnp
+    from jax._src import monitoring
+    hits = []
+    monitoring.register_event_listener(lambda event, **kw: hits.append(event) if "cache_hits" in event else None)
+    print(float(jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((8, 8))).sum()), "loaded" if hits else "compiled")
+else:
+    import tensorflow as tf
+    print(float(tf.function(lambda x: tf.reduce_sum(tf.tanh(x) @ tf.transpose(x)), jit_compile=True)(
+        tf.ones((8, 8)))))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_test_processes_share_a_compile_cache(tmp_path, backend):
+    require(backend)
+    cache = tmp_path / "compile-cache"
+    environment = {**os.environ, **dev.compile_cache_environment(cache, environ={}), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", COMPILE_ONCE, backend], env=environment, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()
+
+    first = run()
+    entries = sorted(p.name for p in (cache / backend).rglob("*") if p.is_file())
+    assert entries, f"nothing written to {cache / backend}"
+    second = run()
+    assert sorted(p.name for p in (cache / backend).rglob("*") if p.is_file()) == entries  # loaded, not added
+    assert float(first[0]) == float(second[0]) == pytest.approx(8 * 8 * 8 * np.tanh(1.0))
+    if backend == "jax":
+        assert (first[1], second[1]) == ("compiled", "loaded")

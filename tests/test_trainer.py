@@ -83,12 +83,17 @@ def test_weight_decay_trains_with_adamw(tmp_path):
     assert not np.allclose(decayed.history["loss"], plain.history["loss"], rtol=1e-4)  # then the decay shows
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The history of a run of ``tiny(dropout=0.0)`` that nothing interrupted (one for both crash steps)."""
+    return trainer.train(tiny(dropout=0.0), tmp_path_factory.mktemp("whole") / "run", verbose=0).history
+
+
 @pytest.mark.parametrize("crash_step", [3, 12])  # mid-epoch (between checkpoints), and at an epoch's end
-def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, crash_step):
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, crash_step, uninterrupted):
     # Without dropout, a resumed run is the uninterrupted run exactly: same weights, optimizer state
     # and batch order. (With dropout, the masks drawn after a resume differ.)
     config = tiny(dropout=0.0)
-    uninterrupted = trainer.train(config, tmp_path / "whole", verbose=0).history
     with pytest.raises(Crash):
         trainer.train(config, tmp_path / "cut", verbose=0, callbacks=[CrashAt(crash_step)])
     assert not (tmp_path / "cut" / "model.keras").exists()
