@@ -87,8 +87,8 @@ def test(pytest_args=()):
     The last two lanes run at a lower priority (``nice``), to take the cores the notebooks leave. (Where Linux
     groups each session's processes for the scheduler, "autogroup", the notebook kernels, which Jupyter starts
     in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes as
-    measured on a 2-core machine: nbval 789 s, then photos 113 s; TensorFlow 853 s; papermill 253 s, JAX 533 s,
-    PyTorch 50 s.
+    measured on a 2-core machine: nbval 618 s, then photos 135 s; TensorFlow 852 s; papermill 253 s, JAX 549 s,
+    PyTorch 57 s (1,679 CPU seconds in 859 s).
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
