@@ -290,9 +290,8 @@ def book():
 def browser():
     """Open every page of the built book in headless Chromium and check it (see tests/browser).
 
-    Needs Debian's chromium (and npm, which fetches MathJax for the offline pages): as root with
-    apt-get, e.g. on a fresh CI machine, they are installed when missing. Screenshots of every page
-    are left in _build/screenshots.
+    Needs Debian's chromium: as root with apt-get, e.g. on a fresh CI machine, it is installed when
+    missing. Screenshots of every page are left in _build/screenshots.
     """
     python = setup()
     browser_dependencies()
@@ -300,20 +299,16 @@ def browser():
 
 
 def browser_dependencies():
-    """Install Debian's chromium and npm, those missing, with apt-get (as root; otherwise name them and
-    exit). CI runs this alone, in the background while the tests run (``browser-deps``)."""
-    missing = [package for package, program in (("chromium", "/usr/bin/chromium"), ("npm", "npm"))
-               if not shutil.which(program)]
-    if "MINICAP_CHROMIUM" in os.environ and "chromium" in missing:
-        missing.remove("chromium")
-    if missing:
-        if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
-            sys.exit(f"missing {', '.join(missing)}: install Debian's packages (apt-get install {' '.join(missing)})")
-        apt = {"DEBIAN_FRONTEND": "noninteractive"}
-        run("apt-get", "update", "-q", env=apt)
-        run("apt-get", "install", "-y", "-q", *missing, env=apt)
-    else:
-        print("chromium and npm are installed", flush=True)
+    """Install Debian's chromium when it is missing, with apt-get (as root; otherwise say how and exit). CI
+    runs this alone, in the background while the tests run (``browser-deps``)."""
+    if shutil.which("/usr/bin/chromium") or "MINICAP_CHROMIUM" in os.environ:
+        print("chromium is installed", flush=True)
+        return
+    if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
+        sys.exit("missing chromium: install Debian's package (apt-get install chromium)")
+    apt = {"DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-q", env=apt)
+    run("apt-get", "install", "-y", "-q", "chromium", env=apt)
 
 
 def main(argv=None):
@@ -325,7 +320,7 @@ def main(argv=None):
     tests = commands.add_parser("test", help="run the whole test suite")
     tests.add_argument("pytest_args", nargs="*", help="passed on to every pytest run (e.g. --durations=50 or -x)")
     commands.add_parser("browser", help="check the built book in headless Chromium")
-    commands.add_parser("browser-deps", help="install what the browser checks need (Debian's chromium and npm)")
+    commands.add_parser("browser-deps", help="install what the browser checks need (Debian's chromium)")
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -1,18 +1,15 @@
-"""Fixtures for the browser tests: the built book served on localhost, headless Chromium, MathJax.
+"""Fixtures for the browser tests: the built book served on localhost, headless Chromium.
 
 The tests need the rendered book (``python3 -m minicap.dev book``; $MINICAP_BOOK_HTML and
 $MINICAP_BOOK_TOC point at another build and its _toc.yml), Debian's Chromium at
-/usr/bin/chromium (or $MINICAP_CHROMIUM), the Python ``playwright`` package (its driver only: it
-never downloads a browser) and npm (to fetch MathJax once into _build/browser-cache). Without one of
-them a test skips with the reason, except under CI (the variable ``CI`` set), where it fails.
+/usr/bin/chromium (or $MINICAP_CHROMIUM) and the Python ``playwright`` package (its driver only: it
+never downloads a browser). Without one of them a test skips with the reason, except under CI (the
+variable ``CI`` set), where it fails. The book serves its own MathJax (``_static/mathjax``), so the
+pages need nothing from the web.
 """
 import functools
 import http.server
 import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
 import threading
 from pathlib import Path
 
@@ -23,12 +20,9 @@ from conftest import unavailable  # tests/conftest.py: skip locally, fail under 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = Path(os.environ.get("MINICAP_BOOK_HTML", ROOT / "_build" / "html"))  # the built book
 SCREENSHOTS = ROOT / "_build" / "screenshots"
-CACHE = ROOT / "_build" / "browser-cache"
 CHROMIUM = Path(os.environ.get("MINICAP_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-MATHJAX_VERSION = "3.2.2"  # the built pages ask the CDN for mathjax@3; offline, this copy answers
-MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
 
 
 TOC = Path(os.environ.get("MINICAP_BOOK_TOC", ROOT / "_toc.yml"))  # the table of contents it was built from
@@ -73,29 +67,6 @@ def server(built_book):
     yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture(scope="session")
-def mathjax_dir():
-    """MathJax 3 from the npm registry (``npm pack``), unpacked once into _build/browser-cache."""
-    target = CACHE / f"mathjax-{MATHJAX_VERSION}"
-    if (target / "es5" / "tex-mml-chtml.js").exists():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        unavailable("npm is not installed: it fetches MathJax for the offline pages (apt-get install npm)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
-        packed = subprocess.run([npm, "pack", f"mathjax@{MATHJAX_VERSION}", "--pack-destination", scratch,
-                                 "--silent"], capture_output=True, text=True, timeout=300)
-        if packed.returncode:
-            unavailable(f"npm pack mathjax@{MATHJAX_VERSION} failed: {packed.stderr.strip()[-500:]}")
-        archive = Path(scratch) / packed.stdout.strip().splitlines()[-1]
-        with tarfile.open(archive) as tar:
-            tar.extractall(scratch, filter="data")
-        shutil.rmtree(target, ignore_errors=True)
-        (Path(scratch) / "package").rename(target)
-    return target
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,10 @@
 """The rendered book in a real browser: every page of the table of contents opened in headless Chromium.
 
-Each page must load without console errors or requests leaving localhost (MathJax and the Colab badge
-image, which readers get from the web, are answered locally), show every image, typeset every
-equation, show the outputs of its code cells, resolve its citations and internal links, and list
+Each page must load without console errors or requests leaving localhost (the Colab badge image, which
+readers get from the web, is answered locally; MathJax comes with the book), show every image, typeset
+every equation, show the outputs of its code cells, resolve its citations and internal links, and list
 every chapter in its navigation. A full-page screenshot of each page is saved to _build/screenshots.
 """
-import mimetypes
 import re
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
@@ -14,7 +13,7 @@ import pytest
 
 from minicap import colab
 
-from .conftest import HTML, MATHJAX_CDN, SCREENSHOTS, toc_pages
+from .conftest import HTML, SCREENSHOTS, toc_pages
 
 pytestmark = pytest.mark.browser
 
@@ -70,8 +69,8 @@ class PageVisit:
     """Opens one page with every request outside localhost answered locally or refused, and records
     console errors, uncaught exceptions, failed and unexpected requests as problems."""
 
-    def __init__(self, browser, base, mathjax_dir):
-        self.base, self.mathjax_dir, self.problems = base, Path(mathjax_dir), []
+    def __init__(self, browser, base):
+        self.base, self.problems = base, []
         self.context = browser.new_context(viewport={"width": 1280, "height": 900})
         self.context.set_default_timeout(TIMEOUT_MS)
         self.context.route("**/*", self._route)
@@ -89,14 +88,6 @@ class PageVisit:
         url = route.request.url
         if url.startswith(self.base):
             route.continue_()
-        elif url.startswith(MATHJAX_CDN):
-            file = self.mathjax_dir / urlparse(url).path.split("/mathjax@3/", 1)[1]
-            if file.is_file():
-                content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-                route.fulfill(status=200, body=file.read_bytes(), content_type=content_type)
-            else:
-                self.problems.append(f"MathJax asked for {url}, which mathjax@3 does not have")
-                route.fulfill(status=404, body=b"")
         elif url == colab.COLAB_BADGE_IMAGE:
             route.fulfill(status=200, body=BADGE_SVG, content_type="image/svg+xml")
         else:
@@ -119,8 +110,8 @@ class PageVisit:
 
 
 @pytest.fixture
-def visit(browser, server, mathjax_dir):
-    visit = PageVisit(browser, server, mathjax_dir)
+def visit(browser, server):
+    visit = PageVisit(browser, server)
     yield visit
     visit.close()
 
@@ -192,10 +183,54 @@ def test_next_links_walk_the_book_in_toc_order(visit):
     assert not visit.problems, visit.problems
 
 
-def test_chapter_one_equations_are_typeset(visit):
-    """Chapter 1 writes P x P in TeX: MathJax (served locally) must have typeset it."""
-    chapter_one = next(page for page in PAGES if Path(page).name.startswith("01_"))
-    facts = visit.open(chapter_one)
-    assert facts["math"] > 0 and facts["typeset"] >= facts["math"], facts["untypeset"]
-    assert visit.page.locator("mjx-container").first.is_visible()
-    assert not visit.problems, visit.problems
+def pages_with_math(html=HTML):
+    """The table of contents' pages whose HTML holds TeX for MathJax (elements of class "math")."""
+    return [page for page in PAGES if 'class="math' in (html / f"{page}.html").read_text(encoding="utf-8")]
+
+
+def test_math_renders_offline_in_a_downloaded_copy(browser, built_book):
+    """A copy of the built book opened from disk, with no network at all, typesets every equation: the
+    pages load MathJax from the book's own _static/mathjax (no CDN), and it draws each formula as CHTML
+    elements in its own fonts instead of leaving TeX on the page."""
+    pages = pages_with_math(built_book)
+    assert len(pages) >= 3, f"expected several pages with equations, found {pages}"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    problems, refused = [], []
+
+    def offline(route):
+        url = route.request.url
+        if url.startswith("file://"):
+            route.continue_()
+        elif url == colab.COLAB_BADGE_IMAGE:  # an image that a reader's browser fetches; not the math
+            route.fulfill(status=200, body=BADGE_SVG, content_type="image/svg+xml")
+        else:
+            refused.append(url)
+            route.abort()
+
+    context.route("**/*", offline)
+    page = context.new_page()
+    page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+    page.on("pageerror", lambda error: problems.append(f"uncaught exception: {error}"))
+    try:
+        for docname in pages:
+            page.goto((built_book / f"{docname}.html").resolve().as_uri(), wait_until="load")
+            sources = page.evaluate("() => Array.from(document.scripts, (s) => s.src).filter((s) => /mathjax/i.test(s))")
+            assert sources and all(src.startswith("file://") and "/_static/mathjax/" in src for src in sources), \
+                f"{docname} loads MathJax from {sources}, not from the book's _static/mathjax"
+            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+            page.evaluate("() => MathJax.startup.promise.then(() => true)")
+            page.evaluate("() => { const shown = Array.from(document.querySelectorAll('mjx-container'))"
+                          ".find((el) => el.offsetParent !== null); if (shown) { shown.scrollIntoView(); } }")
+            page.evaluate("() => document.fonts.ready.then(() => true)")
+            facts = page.evaluate(PAGE_FACTS)
+            fonts = page.evaluate("() => Array.from(document.fonts).filter((f) => f.family.startsWith('MJX'))"
+                                  ".map((f) => f.status)")
+            assert facts["math"] > 0 and not facts["untypeset"] and not facts["mathErrors"], (docname, facts["untypeset"])
+            assert facts["typeset"] >= facts["math"], docname
+            assert "loaded" in fonts, f"{docname}: MathJax's fonts did not load from disk ({fonts})"
+            assert not re.search(r"\\\(|\\\[|\$\$", facts["text"]), f"{docname} shows raw TeX"
+    finally:
+        context.close()
+    assert not refused, f"requests that need the network: {refused}"
+    assert not problems, problems
