@@ -311,12 +311,14 @@ class ConvPatchEncoder(keras.layers.Layer):
         self.position_embedding.build((None, self.num_patches, self.projection_dim))
 
     def call(self, images):
-        x = images
-        for conv in self.convolutions:
+        # [start-conv-stem]
+        x = images  # (B, H, W, 3), centred
+        for conv in self.convolutions:  # 3 x 3 kernels, ReLU; strides 2 (or 3) multiply to patch_size
             x = conv(x)
-        x = self.projection(x)  # (B, rows, cols, d)
+        x = self.projection(x)  # a 1 x 1 convolution to the model width: (B, rows, cols, d)
         x = ops.reshape(x, (-1, self.num_patches, self.projection_dim))  # (B, N, d), row-major
-        return x + self.position_embedding(x)
+        return x + self.position_embedding(x)  # the learned position of each patch, as in PatchEncoder
+        # [end-conv-stem]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_patches, self.projection_dim)
