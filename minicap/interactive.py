@@ -227,6 +227,9 @@ def explore_caption(model, tokenizer, image, tokens=None, method="greedy", layer
                              title=title, head_names=names)
 
 
+# The photo and its overlay must cover the same box. Book themes style the images of cell outputs
+# (pydata-sphinx-theme's dark mode pads them by 0.5 rem, rounds and dims them), so the photo's padding is
+# forced to 0, and its "dark-light" class tells the theme it needs no dark-mode treatment.
 _TEMPLATE = """<div class="minicap-attention" id="{id}" data-selected-word="0" data-selected-head="mean"
  style="max-width: min(100%, {card}px);">
 <style>
@@ -245,7 +248,8 @@ _TEMPLATE = """<div class="minicap-attention" id="{id}" data-selected-word="0" d
 .minicap-attention button:focus-visible {{outline: 2px solid #e25822; outline-offset: 1px;}}
 .minicap-attention .mc-stage {{position: relative; max-width: 100%;}}
 .minicap-attention .mc-stage img, .minicap-attention .mc-stage canvas {{position: absolute; left: 0; top: 0;
-  width: 100%; height: 100%; margin: 0; padding: 0; border: 0; max-width: none; image-rendering: pixelated;}}
+  width: 100%; height: 100%; margin: 0; padding: 0 !important; border: 0; border-radius: 0 !important;
+  max-width: none; image-rendering: pixelated; box-sizing: border-box;}}
 .minicap-attention .mc-legend {{display: flex; align-items: center; gap: 6px; font-size: 12px; color: #555;
   margin-top: 6px;}}
 .minicap-attention .mc-bar {{flex: 1; height: 10px; border-radius: 2px;}}
@@ -253,7 +257,7 @@ _TEMPLATE = """<div class="minicap-attention" id="{id}" data-selected-word="0" d
 </style>
 {title}<div class="mc-words" role="group" aria-label="caption word">{words}</div>
 {heads}<div class="mc-stage" style="width: {width}px; aspect-ratio: {width} / {height};">
-<img src="{image}" alt="{alt}" style="image-rendering: {smooth};">
+<img class="dark-light" src="{image}" alt="{alt}" style="image-rendering: {smooth};">
 <canvas class="mc-overlay" width="{cols}" height="{rows}" style="opacity: {alpha};"></canvas></div>
 <div class="mc-legend" style="width: {width}px; max-width: 100%;"><span>0</span>
 <div class="mc-bar" style="background: linear-gradient(to right, {stops});"></div><span class="mc-max"></span></div>

@@ -1,10 +1,17 @@
 """The book's figures, as reusable functions: each returns the matplotlib ``Axes`` (or figure) it drew.
 
-Functions are grouped by chapter. All take numpy arrays or backend tensors.
+Functions are grouped by chapter. All take numpy arrays or backend tensors. Multi-panel figures are at most
+``PAGE_WIDTH`` inches wide, so that the book's pages show them at their own size, their labels readable.
 """
+import textwrap
+
 import numpy as np
 import matplotlib.pyplot as plt
 from keras import ops
+
+# The width of a figure on the book's page: the text column is about 690 pixels wide, and matplotlib draws
+# 100 pixels per inch. A wider figure is shrunk to fit, and its labels with it.
+PAGE_WIDTH = 7.0
 
 
 def to_numpy(x):
@@ -57,7 +64,7 @@ def show_patches(patches, patch_size, channels=3, columns=None, figsize=None):
         if index < count:
             tile = patches[index].reshape(patch_size, patch_size, channels)
             ax.imshow(tile.astype("uint8") if tile.max() > 1.0 else tile)
-            ax.set_title(str(index), fontsize=6)
+            ax.set_title(str(index), fontsize=7, pad=2)
         else:
             ax.axis("off")
     return fig
@@ -104,18 +111,19 @@ def show_grid_map(values, grid, ax=None, marked=None, title=None, cmap="viridis"
     return ax
 
 
-def show_attention_heads(weights, query_labels=None, key_labels=None, columns=4, title=None,
-                         size=2.6):
+def show_attention_heads(weights, query_labels=None, key_labels=None, columns=2, title=None, size=None):
     """One heatmap of attention weights per head: ``weights`` is ``(heads, queries, keys)``.
 
     Returns the figure; rows are queries, columns keys, and every panel shares the colour scale
-    [0, 1] so that heads can be compared.
+    [0, 1] so that heads can be compared. ``size``: a panel's side in inches (default: as wide as
+    ``PAGE_WIDTH`` allows).
     """
     weights = to_numpy(weights)
     heads = weights.shape[0]
     columns = min(columns, heads)
     rows = int(np.ceil(heads / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows + 0.6), squeeze=False,
+    size = size or (PAGE_WIDTH - 1.2) / columns
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1.2, size * 0.8 * rows + 0.6), squeeze=False,
                              layout="constrained")
     for head, ax in enumerate(axes.flat):
         if head >= heads:
@@ -123,14 +131,15 @@ def show_attention_heads(weights, query_labels=None, key_labels=None, columns=4,
             continue
         image = ax.imshow(weights[head], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_title(f"head {head}")
-        ax.set_xlabel("key")
+        if head // columns == rows - 1:
+            ax.set_xlabel("key")
         if head % columns == 0:
             ax.set_ylabel("query")
         if key_labels is not None:
-            ax.set_xticks(range(len(key_labels)), key_labels, rotation=90, fontsize=7)
+            ax.set_xticks(range(len(key_labels)), key_labels, rotation=90, fontsize=8)
         if query_labels is not None:
-            ax.set_yticks(range(len(query_labels)), query_labels if head % columns == 0 else [], fontsize=7)
-    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01, label="attention weight")
+            ax.set_yticks(range(len(query_labels)), query_labels if head % columns == 0 else [], fontsize=8)
+    fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02, label="attention weight")
     if title:
         fig.suptitle(title)
     return fig
@@ -138,7 +147,7 @@ def show_attention_heads(weights, query_labels=None, key_labels=None, columns=4,
 
 # ---- chapters 4 and 6: the captioning model ------------------------------------------------
 
-def show_word_attention(image, weights, words, grid, columns=6, title=None, size=1.9, alpha=0.6):
+def show_word_attention(image, weights, words, grid, columns=5, title=None, size=None, alpha=0.6):
     """Where each word of a caption looks: one panel per word, its cross-attention over the patches.
 
     Args:
@@ -146,6 +155,7 @@ def show_word_attention(image, weights, words, grid, columns=6, title=None, size
         weights: ``(words, patches)`` cross-attention weights (e.g. one layer, averaged over heads).
         words: one label per row of ``weights``.
         grid: ``(rows, cols)`` of the patch grid, ``rows · cols = patches``.
+        columns: panels per row; size: a panel's side in inches (default: as wide as ``PAGE_WIDTH`` allows).
 
     Each panel shows the image with the word's weights, upsampled to pixels, laid over it; all
     panels share one colour scale (0 to the largest weight) so that words can be compared.
@@ -160,7 +170,8 @@ def show_word_attention(image, weights, words, grid, columns=6, title=None, size
     count = len(words)
     columns = min(columns, count)
     panel_rows = int(np.ceil(count / columns))
-    fig, axes = plt.subplots(panel_rows, columns, figsize=(size * columns + 1, size * panel_rows + 0.6),
+    size = size or min(2.2, (PAGE_WIDTH - 0.9) / columns)
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(size * columns + 0.9, (size + 0.3) * panel_rows + 0.5),
                              squeeze=False, layout="constrained")
     vmax = float(weights.max()) or 1.0
     for index, ax in enumerate(axes.flat):
@@ -176,50 +187,63 @@ def show_word_attention(image, weights, words, grid, columns=6, title=None, size
     return fig
 
 
-def show_captioned(images, captions, columns=4, size=2.4, title=None, wrap=28):
-    """Images in a grid, each with its caption (or a list of captions) underneath. Returns the figure."""
-    import textwrap
+def show_captioned(images, captions, columns=4, size=None, title=None, wrap=None):
+    """Images in a grid, each with its caption (or a list of captions) underneath. Returns the figure.
 
+    ``size``: an image's side in inches (default: as wide as ``PAGE_WIDTH`` allows); ``wrap``: characters
+    per caption line (default: what fits under the image). Each row of the grid is as tall as its
+    longest caption needs, so that no caption runs into the images below it.
+    """
     count = len(images)
     columns = min(columns, count)
     rows = int(np.ceil(count / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, (size + 0.9) * rows), squeeze=False,
-                             layout="constrained")
+    size = size or min(2.4, PAGE_WIDTH / columns)
+    wrap = wrap or max(16, int(size / 0.07))  # characters of 8-point text per line under the image
+    texts = []
+    for text in captions:
+        lines = text if isinstance(text, (list, tuple)) else [text]
+        texts.append("\n".join(textwrap.fill(line, wrap) for line in lines))
+    line_height = 8 * 1.25 / 72  # inches per line of 8-point text
+    text_heights = [max(text.count("\n") + 1 for text in texts[row * columns:(row + 1) * columns]) * line_height
+                    for row in range(rows)]
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, rows * (size + 0.15) + sum(text_heights) + 0.4),
+                             squeeze=False, layout="constrained",
+                             gridspec_kw={"height_ratios": [size + height for height in text_heights]})
     for index, ax in enumerate(axes.flat):
         if index >= count:
             ax.axis("off")
             continue
         show_image(images[index], ax)
-        text = captions[index]
-        lines = text if isinstance(text, (list, tuple)) else [text]
-        ax.set_xlabel("\n".join(textwrap.fill(line, wrap) for line in lines), fontsize=8)
+        ax.set_xlabel(texts[index], fontsize=8)
     if title:
         fig.suptitle(title)
     return fig
 
 
 def show_history(record, title=None):
-    """Training curves from a ``minicap.training.History`` record: loss, accuracy, learning rate.
+    """Training curves from a ``minicap.training.History`` record: loss and accuracy per epoch, and the
+    learning rate per step.
 
-    Per-step values are the epoch's running means (what the progress bar shows); the validation
-    values are marked at the end of each epoch. Returns the figure.
+    Each epoch's training value is the mean over its steps (the weights change during the epoch, so it
+    trails the validation value, measured with the weights at the epoch's end). Returns the figure.
     """
-    steps = np.asarray(record["step"])
     epochs = record["epochs"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), layout="constrained")
-    for ax, key, label in ((axes[0], "loss", "masked cross-entropy"), (axes[1], "accuracy", "masked token accuracy")):
-        ax.plot(steps, record[key], label="training (running mean)", linewidth=1)
-        ends = [e["step"] for e in epochs if f"val_{key}" in e]
-        if ends:
-            ax.plot(ends, [e[f"val_{key}"] for e in epochs if f"val_{key}" in e], "o-",
-                    label="validation (end of epoch)")
-        ax.set_xlabel("training step")
+    numbers = [entry["epoch"] for entry in epochs]
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.7), layout="constrained")
+    for ax, key, label in ((axes[0], "loss", "masked cross-entropy"), (axes[1], "accuracy", "token accuracy")):
+        ax.plot(numbers, [entry[key] for entry in epochs], "o-", markersize=3, label="training (epoch mean)")
+        validated = [entry for entry in epochs if f"val_{key}" in entry]
+        if validated:
+            ax.plot([entry["epoch"] for entry in validated], [entry[f"val_{key}"] for entry in validated], "s-",
+                    markersize=3, label="validation")
+        ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.legend()
-    axes[2].plot(steps, record["learning_rate"])
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8)
+    axes[2].plot(record["step"], record["learning_rate"])
     axes[2].set_xlabel("training step")
     axes[2].set_ylabel("learning rate")
-    axes[2].set_title("warm-up, then 1/√step")
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if title:
         fig.suptitle(title)
     return fig

@@ -17,7 +17,7 @@ import keras
 from minicap.checkpoint import Checkpointer, save_model_atomic, write_json_atomic
 from minicap.distribute import data_parallel, predictor
 from minicap.model import CaptionConfig
-from minicap.training import History, compile_model
+from minicap.training import EpochLog, History, compile_model
 
 BUILT_IN_DATASETS = ("shapes", "flickr8k", "coco")
 
@@ -327,7 +327,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
         config: a :class:`TrainConfig`, or a profile name (``"quick"``, ``"photos"``, ``"gpu"``).
         run_dir: the run directory (see the module docstring of :mod:`minicap.training`).
         overwrite: replace a finished run's model instead of refusing.
-        verbose: ``model.fit``'s verbosity (1: a progress bar, 2: a line per epoch).
+        verbose: 1 or "auto": Keras' progress bar; 2: one line per epoch (``EpochLog``); 0: silent.
         callbacks: more Keras callbacks.
 
     Returns:
@@ -362,7 +362,8 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
         history = History(run_dir / "history.json")
         checkpointer = Checkpointer(run_dir / "checkpoints", config.checkpoint_every,
                                     extra=lambda: {"history": history.record})
-        all_callbacks = [history, checkpointer, *callbacks]
+        line_per_epoch = verbose in (2, "2")
+        all_callbacks = [history, checkpointer, *([EpochLog(config.epochs)] if line_per_epoch else []), *callbacks]
         state = checkpointer.restore(model)
         epoch, skip, resumed = 0, 0, 0
         if state:
@@ -379,7 +380,7 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
         # and the epoch number, so a resumed run sees exactly the batches an uninterrupted one would.
         # (fit's own shuffle is off: it would reorder the batches at random.)
         fit = dict(validation_data=placement.batches(val_batches, tokenizer.pad_id), callbacks=all_callbacks,
-                   verbose=verbose, shuffle=False)
+                   verbose=0 if line_per_epoch else verbose, shuffle=False)
         for epoch in range(epoch, config.epochs):
             checkpointer.batch_offset = skip
             view = placement.batches(_EpochView(batches, epoch, skip), tokenizer.pad_id)

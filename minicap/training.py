@@ -230,3 +230,30 @@ class History(keras.callbacks.Callback):
 
     def save(self):
         write_json_atomic(self.path, self.record)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Prints one line per epoch: its number in the whole run, the mean training loss and accuracy over its
+    steps, the validation loss and accuracy at its end, and how long it took.
+
+    ``train`` calls ``fit`` once per epoch (so that a resumed run sees the same batches); Keras' own
+    ``verbose=2`` would then number every epoch "1/1". ``epochs`` is the run's total.
+    """
+
+    def __init__(self, epochs, print_function=print):
+        super().__init__()
+        self.epochs = epochs
+        self.print_function = print_function
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        width = len(str(self.epochs))
+        parts = [f"epoch {epoch + 1:>{width}}/{self.epochs}"]
+        parts += [f"{key} {logs[key]:.3f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs]
+        parts.append(f"{time.perf_counter() - (self._start or time.perf_counter()):.0f} s")
+        self.print_function("  ".join(parts), flush=True)
+

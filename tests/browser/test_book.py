@@ -116,6 +116,16 @@ def visit(browser, server):
     visit.close()
 
 
+def set_theme(page, mode):
+    """Switch the page to the theme's "light" or "dark" mode, as its theme button does."""
+    page.evaluate("(mode) => { document.documentElement.dataset.theme = mode;"
+                  " document.documentElement.dataset.mode = mode; }", mode)
+
+
+def chapters():
+    return [page for page in PAGES if CHAPTER.search(page)]
+
+
 def broken_internal_links(links, url):
     """Links into the book whose page is missing or has no element with the link's #fragment."""
     broken = []
@@ -143,6 +153,9 @@ def test_page_renders_completely(visit, docname):
     facts = visit.open(docname)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     visit.page.screenshot(path=str(SCREENSHOTS / f"{Path(docname).name}.png"), full_page=True)
+    set_theme(visit.page, "dark")
+    visit.page.screenshot(path=str(SCREENSHOTS / f"{Path(docname).name}-dark.png"), full_page=True)
+    set_theme(visit.page, "light")
     url = page_url(visit.base, docname)
     problems = list(visit.problems)
     if facts["brokenImages"]:
@@ -234,3 +247,89 @@ def test_math_renders_offline_in_a_downloaded_copy(browser, built_book):
         context.close()
     assert not refused, f"requests that need the network: {refused}"
     assert not problems, problems
+
+
+# Every cell tagged hide-cell (an exercise's solution) and every closed dropdown: what of it shows.
+HIDDEN_FACTS = """() => {
+  const shown = (el) => el.checkVisibility();
+  const cells = Array.from(document.querySelectorAll('div.cell.tag_hide-cell'));
+  return {
+    cells: cells.length,
+    cellsShowing: cells.filter((cell) => Array.from(cell.querySelectorAll('.cell_output, .cell_input'))
+        .some(shown)).map((cell) => cell.textContent.trim().slice(0, 80)),
+    dropdownsShowing: Array.from(document.querySelectorAll('details:not([open]) .sd-summary-content'))
+        .filter(shown).map((el) => el.textContent.trim().slice(0, 80)),
+  };
+}"""
+
+
+def test_solutions_stay_hidden_until_the_reader_opens_them(visit):
+    """An exercise's solution, its text and its code cell's output alike (a printed number, a plot), shows
+    only once the reader opens it, and then it does."""
+    solution_cells = 0
+    for docname in chapters():
+        visit.open(docname)
+        facts = visit.page.evaluate(HIDDEN_FACTS)
+        assert not facts["cellsShowing"], f"{docname}: solution cells visible before opening: {facts['cellsShowing']}"
+        assert not facts["dropdownsShowing"], f"{docname}: dropdown text visible before opening"
+        cells = visit.page.locator("div.cell.tag_hide-cell")
+        for index in range(cells.count()):
+            cell = cells.nth(index)
+            cell.locator("summary").first.click()
+            outputs = cell.locator(".cell_output")
+            assert outputs.count() == 0 or outputs.first.is_visible(), f"{docname}: opened solution shows no output"
+        solution_cells += facts["cells"]
+    assert solution_cells >= 5, "the chapters' solution cells are tagged hide-cell"
+    assert not visit.problems, visit.problems
+
+
+# Output images shown narrower than drawn, text outputs and tables wider than their box.
+FIT_FACTS = """() => {
+  document.querySelectorAll('details').forEach((el) => { el.open = true; });  // solutions too
+  const article = document.querySelector('.bd-article');
+  const images = Array.from(article.querySelectorAll('.cell_output img'));
+  return {
+    shrunk: images.filter((img) => img.naturalWidth > 0 && img.clientWidth < 0.85 * img.naturalWidth)
+        .map((img) => `${img.naturalWidth} px shown at ${img.clientWidth} px`),
+    cut: Array.from(article.querySelectorAll('.cell_output pre, table'))
+        .filter((el) => el.scrollWidth > el.clientWidth + 1)
+        .map((el) => el.innerText.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), '').slice(0, 100)),
+  };
+}"""
+
+
+def test_figures_and_printed_outputs_fit_the_page(visit):
+    """Figures are drawn at the size the page shows them (a figure shrunk to fit shrinks its labels with it),
+    and no printed output or table runs past the right edge of its box."""
+    for docname in chapters():
+        visit.open(docname)
+        facts = visit.page.evaluate(FIT_FACTS)
+        assert not facts["shrunk"], f"{docname}: figures shrunk to fit the page: {facts['shrunk']}"
+        assert not facts["cut"], f"{docname}: outputs wider than the page, cut at the right edge: {facts['cut']}"
+
+
+# The explorer's photo and its overlay canvas, as laid out: their boxes must coincide.
+OVERLAY_FACTS = """() => Array.from(document.querySelectorAll('.minicap-attention')).map((root) => {
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+  const img = root.querySelector('.mc-stage img'), canvas = root.querySelector('.mc-stage canvas');
+  return {img: box(img), canvas: box(canvas), padding: getComputedStyle(img).padding};
+})"""
+
+
+def test_explorer_overlay_lies_on_its_photo_in_light_and_dark_mode(visit):
+    """Chapter 6's attention explorers: in both of the theme's modes (dark mode pads and dims the images of
+    cell outputs), the overlay covers the photo exactly."""
+    docname = next(page for page in chapters() if "minicap-attention" in (HTML / f"{page}.html").read_text())
+    visit.open(docname)
+    for mode in ("light", "dark"):
+        set_theme(visit.page, mode)
+        explorers = visit.page.evaluate(OVERLAY_FACTS)
+        assert explorers, f"{docname} has no attention explorer"
+        for explorer in explorers:
+            offsets = [abs(a - b) for a, b in zip(explorer["img"], explorer["canvas"])]
+            assert max(offsets) < 0.5, f"{mode} mode: photo {explorer['img']} under overlay {explorer['canvas']}"
+            assert explorer["padding"] == "0px", f"{mode} mode: the photo is padded ({explorer['padding']})"
+        explorer = visit.page.locator(".minicap-attention").first
+        explorer.scroll_into_view_if_needed()
+        explorer.screenshot(path=str(SCREENSHOTS / f"explorer-{mode}.png"))
+    assert not visit.problems, visit.problems
