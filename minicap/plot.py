@@ -203,10 +203,10 @@ def show_captioned(images, captions, columns=4, size=None, title=None, wrap=None
     for text in captions:
         lines = text if isinstance(text, (list, tuple)) else [text]
         texts.append("\n".join(textwrap.fill(line, wrap) for line in lines))
-    line_height = 8 * 1.25 / 72  # inches per line of 8-point text
+    line_height = 8 * 1.3 / 72  # inches per line of 8-point text
     text_heights = [max(text.count("\n") + 1 for text in texts[row * columns:(row + 1) * columns]) * line_height
                     for row in range(rows)]
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, rows * (size + 0.15) + sum(text_heights) + 0.4),
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, rows * (size + 0.2) + sum(text_heights) + 0.5),
                              squeeze=False, layout="constrained",
                              gridspec_kw={"height_ratios": [size + height for height in text_heights]})
     for index, ax in enumerate(axes.flat):
