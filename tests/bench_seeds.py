@@ -4,7 +4,7 @@ One seed's figure (chapter 5 prints seed 0's) says little about a profile: wheth
 the relations, or names a colour-and-shape pair it never saw, can depend on its initialisation. This
 trains ``trainer.profile(PROFILE, seed=s)`` for each seed, captions new validation scenes and held-out
 scenes (unseen colour-and-shape pairs) greedily, and prints a row per seed: training seconds, both
-faithfulness rates and the held-out errors by kind. The last line gives the worst and the mean.
+faithfulness rates, the held-out errors by kind and, on a second line, the validation errors by kind. The last line gives the worst and the mean.
 
     python tests/bench_seeds.py                          # quick profile, seeds 0-4, 300 scenes per split
     python tests/bench_seeds.py --seeds 0 1 --set epochs=8 --set num_heads=2
@@ -91,12 +91,13 @@ def main(argv=None):
             result = trainer.train(config, run_dir, verbose=0)
             seconds = time.perf_counter() - start
             # Evaluation scenes come from seeds no training run uses for its own data.
-            val, _ = faithfulness(result, config, "val", args.num, seed=1001)
+            val, val_kinds = faithfulness(result, config, "val", args.num, seed=1001)
             rate, kinds = faithfulness(result, config, "heldout", args.num, seed=1002)
             checks = chapter_checks(result, config, args.num, seed) if args.checks else ""
         held_out.append(rate)
         validation.append(val)
-        print(f"{seed:4d} {seconds:8.0f} {val:11.1%} {rate:9.1%}  {dict(kinds.most_common())}{checks}", flush=True)
+        print(f"{seed:4d} {seconds:8.0f} {val:11.1%} {rate:9.1%}  {dict(kinds.most_common())}"
+              f"\n      validation errors: {dict(val_kinds.most_common())}{checks}", flush=True)
     print(f"held-out faithfulness: worst {min(held_out):.1%}, mean {sum(held_out) / len(held_out):.1%}")
     print(f"validation faithfulness: worst {min(validation):.1%}, mean {sum(validation) / len(validation):.1%}")
 
