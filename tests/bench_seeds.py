@@ -4,7 +4,8 @@ One seed's figure (chapter 5 prints seed 0's) says little about a profile: wheth
 the relations, or names a colour-and-shape pair it never saw, can depend on its initialisation. This
 trains ``trainer.profile(PROFILE, seed=s)`` for each seed, captions new validation scenes and held-out
 scenes (unseen colour-and-shape pairs) greedily, and prints a row per seed: training seconds, both
-faithfulness rates, the held-out errors by kind and, on a second line, the validation errors by kind. The last line gives the worst and the mean.
+faithfulness rates, the held-out errors by kind and, on a second line, the validation errors by kind. The
+last lines give the worst and the mean.
 
     python tests/bench_seeds.py                          # quick profile, seeds 0-4, 300 scenes per split
     python tests/bench_seeds.py --seeds 0 1 --set epochs=8 --set num_heads=2
