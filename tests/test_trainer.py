@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import require
 from minicap import trainer
 
 # Eagerly: these tests check the trainer's logic, and for a model this small a step run op by op is faster than
@@ -155,6 +156,37 @@ def test_word_dropout_leaves_the_validation_batches_whole(with_settings):
                                                 with_settings.tokenizer, training=True)[0]
     unk = with_settings.tokenizer.unk_id
     assert ((inputs[:, 1:] == unk) & (targets[:, :-1] != unk)).any()
+
+
+def test_backbones_with_other_weights_never_share_cached_features(tmp_path):
+    # The photos profile's frozen backbone, twice in one data directory with different pretrained weights (as a
+    # reader who changes backbone_weights would run it): each run's batches carry its own backbone's features.
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    import types
+
+    from minicap.data.features import list_feature_caches
+    from minicap.encoder import ViTBackbone
+    from minicap.text import Tokenizer
+    from photo_stand_ins import write_caption_folder, write_vit_weights
+
+    config = trainer.profile("photos", dataset=str(write_caption_folder(tmp_path / "photos", count=3)),
+                             data_dir=str(tmp_path / "data"), image_size=32)
+    split = trainer.load_split(config, "train")
+    tokenizer = Tokenizer.fit([c for refs in split.captions for c in refs])
+    images = split.load_images(32).astype("float32") / 255.0
+    features = []
+    for seed in (1, 2):
+        # A small ViT in vit-keras's architecture stands in for ViT-B/32 (same code path, 2 x 2 patches of 16).
+        backbone = ViTBackbone(32, variant=None, patch_size=16, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
+        write_vit_weights(tmp_path / f"weights-{seed}.npz", backbone.vit, heads=2, scale=0.5, seed=seed)
+        backbone.load_weights_from(str(tmp_path / f"weights-{seed}.npz"))
+        model = types.SimpleNamespace(config=config.model, encoder=backbone)  # what the feature pass reads
+        batches = trainer.make_batches(config, model, split, tokenizer, training=False, progress=False)
+        features.append(np.asarray(batches.features, "float32"))
+        own = keras.ops.convert_to_numpy(backbone(images))  # (images, 4, 16)
+        np.testing.assert_allclose(features[-1], own, rtol=2**-10, atol=2**-10)  # float16 in the cache
+    assert np.abs(features[0] - features[1]).max() > 0.1
+    assert len(list_feature_caches(trainer.feature_cache_dir(config))) == 2
 
 
 @pytest.fixture(scope="module")
