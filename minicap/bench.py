@@ -135,6 +135,12 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         faithfulness_every: steps between evaluations of the faithfulness (default 250; ``quick`` 1).
         faithfulness_budget: most training seconds spent reaching 95% (default 900).
         log: called with each progress line.
+
+    Returns:
+        the report: what ran where (``backend``, ``backends``, ``device``, ``dtype_policy``, ``jit``, ...),
+        ``training_step_ms`` (:func:`training_step_summary`: the step per backend and XLA setting measured),
+        ``records`` (one dict per figure, each naming its ``backend`` and, for training, its ``jit_compile``)
+        and ``skipped`` (the figures left out, and why).
     """
     import importlib.util
 
@@ -255,12 +261,22 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         "jit_compile": {"auto": resolve_jit_compile("auto"), "on": True, "off": False}[jit],
         "overrides": dict(overrides or {}), "peak_flops": peak, "peak_source": peak_source,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "records": records, "skipped": skipped,
+        "training_step_ms": training_step_summary(records), "records": records, "skipped": skipped,
     }
 
 
 def _rows(records, figure):
     return [record for record in records if record["figure"] == figure]
+
+
+def training_step_summary(records):
+    """The quick profile's median training step in milliseconds, for each backend and XLA setting that
+    ``records`` measured: ``{"tensorflow": {"xla": 50.6, "no_xla": 66.1}, "jax": {"xla": 88.0}}``."""
+    summary = {}
+    for record in _rows(records, "training_step"):
+        setting = "xla" if record["jit_compile"] else "no_xla"
+        summary.setdefault(record["backend"], {})[setting] = 1000 * record["seconds_per_step"]
+    return summary
 
 
 def format_table(report):

@@ -372,9 +372,11 @@ def train(config, run_dir, overwrite=False, verbose="auto", callbacks=()):
             if skip >= len(batches):  # saved after an epoch's last step, before its end: the epoch is done
                 epoch, skip = epoch + 1, 0
             print(f"resuming {run_dir} from step {resumed} (epoch {epoch + 1}, batch {skip})")
-        # One entry per run segment (a fresh start or a resume): the devices it trained on, from which step.
+        # One entry per run segment (a fresh start or a resume): the devices it trained on, from which step;
+        # "devices" at the top: those of the latest segment, the ones that finished the run.
         history.record.setdefault("segments", []).append(
             {"from_step": resumed, "devices": len(placement), "device_names": placement.devices})
+        history.record["devices"] = len(placement)
         # [start-train-loop]
         # One fit per epoch over a fixed view of that epoch's batches: the order depends only on the seed
         # and the epoch number, so a resumed run sees exactly the batches an uninterrupted one would.

@@ -12,8 +12,9 @@ seed, and a JSON history. The run directory it writes::
     run_dir/config.json         the model's CaptionConfig
     run_dir/tokenizer.json      the vocabulary
     run_dir/checkpoints/        state.json + the latest weights (with the optimizer's state)
-    run_dir/history.json        loss, accuracy and learning rate per step and per epoch; the devices of
-                                each run segment (a start or a resume)
+    run_dir/history.json        loss, accuracy and learning rate per step and per epoch; the number of
+                                devices the run trained on ("devices": 2 for two in data parallel),
+                                and those of each run segment (a start or a resume)
     run_dir/model.keras         the trained model, written once training has finished
 
 Reference: Vaswani et al. (2017), section 5.3 (optimizer and schedule) and 5.4 (label smoothing).

@@ -160,24 +160,25 @@ def test_run_rejects_bad_settings():
         bench.run(quick=True, jit="yes")
 
 
-@pytest.mark.single_backend  # the report's logic; other backends' steps: the subprocess test
+@pytest.mark.single_backend  # the report's logic, and the other backend in a subprocess
 def test_bench_command_writes_the_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     # A small quick profile, and no XLA but for the one figure that times the default setting: the report's
     # logic, not its speed (the CLI test of the figures at full size is `minicap bench` itself).
     small = dict(batch_size=16, model_dim=16, mlp_dim=32, encoder_layers=1, decoder_layers=1, image_size=24,
                  patch_size=12, jit_compile="off")
+    backend = keras.backend.backend()
+    other = "jax" if backend != "jax" else "tensorflow"  # its step runs in a subprocess of its own
     status = main(["bench", "--quick", "--output", str(path), "--batch-sizes", "8", "--steps", "1",
                    "--repeats", "1", "--decode-batch", "4", "--peak-tflops", "1", "--jit", "off",
-                   *[f"--set={name}={value}" for name, value in small.items()]])
+                   "--backends", f"{backend},{other}", *[f"--set={name}={value}" for name, value in small.items()]])
     assert status in (None, 0)
     table = capsys.readouterr().out
     for title in ("Quick profile's training step", "Input pipeline", "Time to 95% faithfulness",
                   "minicap against the same model from stock Keras"):
         assert title in table
     report = json.loads(path.read_text())
-    backend = keras.backend.backend()
-    assert report["backend"] == backend and report["quick"] is True and report["backends"] == [backend]
+    assert report["backend"] == backend and report["quick"] is True and report["backends"] == [backend, other]
     assert report["overrides"] == small
     assert report["peak_flops"] == 1e12 and report["dtype_policy"] == "float32"
     assert report["jit"] == "off" and report["jit_compile"] is False
@@ -186,19 +187,25 @@ def test_bench_command_writes_the_json(tmp_path, capsys):
     records = report["records"]
     assert all(common <= set(record) for record in records)
 
-    # The quick profile's step with the default XLA setting (--quick), and the pipeline's share of it.
+    # The quick profile's step with the default XLA setting (--quick) on each backend, the other's first (from its
+    # subprocess), and the pipeline's share of it. XLA is the default on both: JIT_BY_BACKEND.
     steps = [r for r in records if r["figure"] == "training_step"]
-    assert [(r["jit"], r["jit_compile"], r["default"]) for r in steps] == [
-        ("auto", training.resolve_jit_compile("auto"), True)]
+    assert [(r["backend"], r["jit"], r["jit_compile"], r["default"]) for r in steps] == [
+        (other, "auto", True, True), (backend, "auto", training.resolve_jit_compile("auto"), True)]
     for record in steps:
         assert record["batch_size"] == 16 and record["steps"] == 1  # --set reaches the profile
         assert record["seconds_per_step_repeats"] == [record["seconds_per_step"]] == [record["seconds_per_step_best"]]
         assert record["images_per_second"] == pytest.approx(16 / record["seconds_per_step"])
-    (pipeline,) = [r for r in records if r["figure"] == "input_pipeline"]  # no ViT-B/32 on the CPU
-    default_step = next(r for r in steps if r["default"])
-    assert pipeline["config"] == "quick" and pipeline["step_jit"] == default_step["jit"]
-    assert pipeline["share_of_step"] == pytest.approx(pipeline["seconds_per_batch"] / default_step["seconds_per_step"])
-    assert 0 < pipeline["share_of_step"] and pipeline["images_per_second"] > 0
+    # Each backend and XLA setting measured, in milliseconds per step: {"tensorflow": {"xla": ...}, "jax": {...}}.
+    assert report["training_step_ms"] == {r["backend"]: {"xla": pytest.approx(1000 * r["seconds_per_step"])}
+                                          for r in steps}
+    assert set(report["training_step_ms"]) == {"tensorflow", "jax"}
+    pipelines = [r for r in records if r["figure"] == "input_pipeline"]  # no ViT-B/32 on the CPU
+    assert [r["backend"] for r in pipelines] == [other, backend]
+    for pipeline, step in zip(pipelines, steps):
+        assert pipeline["config"] == "quick" and pipeline["step_jit"] == step["jit"]
+        assert pipeline["share_of_step"] == pytest.approx(pipeline["seconds_per_batch"] / step["seconds_per_step"])
+        assert 0 < pipeline["share_of_step"] and pipeline["images_per_second"] > 0
 
     # Two steps towards 95% faithfulness (the code path; it is not reached).
     (faithful,) = [r for r in records if r["figure"] == "time_to_faithfulness"]
@@ -266,19 +273,8 @@ def test_feature_cache_bench_times_both_inputs_and_extrapolates_per_epoch_and_ru
     assert f"ratio {record['images_over_cached']:.1f}x" in table
 
 
-TINY = dict(num_train=32, num_val=4, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
-            num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, stem_hidden_dim=0, batch_size=16,
-            epochs=3, warmup_steps=5)
-
-
-@pytest.mark.single_backend  # the subprocess's backend is the point: from TensorFlow, JAX's
-def test_training_step_of_another_backend_runs_in_a_subprocess():
-    other = "jax" if keras.backend.backend() != "jax" else "tensorflow"
-    settings = trainer.profile("quick", **TINY)
-    records = bench_train.in_subprocess(other, "training_step", {
-        "settings": settings.to_dict(), "num_scenes": 16, "steps": 1, "repeats": 1, "jits": ["on"]}, log=lambda _: None)
-    assert [(r["figure"], r["backend"]) for r in records] == [("training_step", other), ("input_pipeline", other)]
-    assert records[0]["jit_compile"] is True and records[0]["default"] is True and records[0]["batch_size"] == 16
+def test_a_backend_that_is_not_installed_is_named():
+    # (Another backend's training step in a subprocess: test_bench_command_writes_the_json.)
     with pytest.raises(ValueError, match="backend 'theano' is not installed here"):
         bench_train.in_subprocess("theano", "training_step", {}, log=lambda _: None)
 

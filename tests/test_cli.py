@@ -12,11 +12,15 @@ import pytest
 from PIL import Image
 
 from minicap.cli import main
+from minicap.data.faithfulness import check_caption
+from minicap.data.folder import load_caption_folder
 from minicap.data.images import load_image
 from minicap.data.shapes import make_shapes
-from minicap.evaluate import evaluate_shapes
+from minicap.evaluate import cider_d, corpus_bleu, evaluate_shapes
 from minicap.generate import Generator
 from minicap.model import load_captioner
+from photo_stand_ins import write_caption_folder
+from planted_captioner import BEAM, GREEDY, save_planted_captioner
 
 # What the commands print and refuse does not depend on Keras's backend (the models they load are tested on
 # each backend by test_model.py and test_generate.py): runs once, on the default one.
@@ -105,6 +109,46 @@ def test_evaluate_json_reports_the_metrics_of_the_api(capsys, run_dir, beam_widt
     expected, _ = evaluate_shapes(model, tokenizer, data, **options)
     for name in METRICS:
         assert metrics[name] == pytest.approx(expected[name], nan_ok=True), name
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A saved model that writes GREEDY under greedy decoding and BEAM under beam search, for every image."""
+    return save_planted_captioner(tmp_path_factory.mktemp("planted") / "run")
+
+
+def scores(captions, references):
+    return {**corpus_bleu(captions, references), "cider_d": cider_d(captions, references)}
+
+
+@pytest.mark.parametrize("beam_width, written", [(2, BEAM), (1, GREEDY)])
+def test_evaluate_scores_the_captions_of_the_decoder_asked_for(capsys, planted, beam_width, written):
+    status, out, err = minicap(capsys, "evaluate", "--model", planted, "--num", 6, "--json", "--beam", beam_width)
+    assert status == 0, err
+    metrics = json.loads(out)
+    data = make_shapes(6, split="heldout", seed=2, image_size=32, max_objects=3)  # the command's scenes (seed 2)
+    expected = {**scores([written] * 6, data.captions),
+                "faithfulness": np.mean([check_caption(written, scene).faithful for scene in data.scenes])}
+    other = scores([BEAM if written == GREEDY else GREEDY] * 6, data.captions)
+    assert other["bleu1"] != pytest.approx(expected["bleu1"])  # the scores tell the two decoders apart
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value), name
+
+
+@pytest.mark.parametrize("beam_width, written", [(3, BEAM), (1, GREEDY)])
+def test_evaluate_on_a_folder_of_photos_scores_the_captions_of_the_decoder_asked_for(capsys, tmp_path, planted,
+                                                                                   beam_width, written):
+    folder = write_caption_folder(tmp_path / "photos", count=4)
+    status, out, err = minicap(capsys, "evaluate", "--model", planted, "--dataset", folder, "--split", "all",
+                               "--json", "--beam", beam_width)
+    assert status == 0, err
+    metrics = json.loads(out)
+    assert (metrics["split"], metrics["images"]) == ("all", 4)
+    references = load_caption_folder(folder, "all").captions
+    expected = scores([written] * 4, references)
+    other = scores([BEAM if written == GREEDY else GREEDY] * 4, references)
+    assert other["cider_d"] != pytest.approx(expected["cider_d"])
+    assert {name: metrics[name] for name in expected} == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- usage errors: exit status 2, one line

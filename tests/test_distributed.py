@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import require
+
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
 pytestmark = pytest.mark.single_backend
 
@@ -38,51 +40,52 @@ def _outputs(model, tokenizer):
 # ----------------------------------------------------------------------------------------------------------
 # Without several devices, in this process (whose backend is KERAS_BACKEND, TensorFlow by default)
 
-
-def _one_cpu_device():
-    """Skip unless the backend can train data-parallel and this machine has one CPU device, no accelerator."""
-    from minicap.distribute import accelerators
-
-    if keras.backend.backend() not in ("jax", "tensorflow"):
-        pytest.skip("data parallel runs on JAX or TensorFlow")
-    if accelerators() or len(keras.distribution.list_devices("cpu")) > 1:
-        pytest.skip("needs a machine with one CPU device and no accelerator")
+DATA_PARALLEL = keras.backend.backend() in ("jax", "tensorflow")  # the backends that can train data-parallel
 
 
-def test_one_device_without_accelerators():
-    from minicap.distribute import data_parallel, replicas
+@pytest.fixture
+def one_cpu_device(monkeypatch):
+    """This machine as Keras would list one with a single CPU device and no GPU or TPU, whatever it has."""
+    def list_devices(device_type=None):
+        return ["cpu:0"] if device_type in (None, "cpu", "CPU") else []
 
-    _one_cpu_device()
+    monkeypatch.setattr(keras.distribution, "list_devices", list_devices)
+
+
+def test_one_device_without_accelerators(one_cpu_device):
+    from minicap.distribute import accelerators, data_parallel, replicas
+
+    assert accelerators() == []
     placement = data_parallel(0, batch_size=64)
-    assert len(placement) == 1 and str(placement) == "1 device (cpu:0)"
+    device = "cpu:0" if DATA_PARALLEL else f"the {keras.backend.backend()} backend's device"
+    assert len(placement) == 1 and str(placement) == f"1 device ({device})"
     with placement.scope():
         assert replicas() == 1
 
 
-def test_bad_device_counts_are_clear_errors():
+# What asking for two devices on a machine of one says, on each backend.
+TOO_MANY = ("devices=2 but this machine has no GPU or TPU and 1 CPU device; ask for at most 1" if DATA_PARALLEL else
+            f"devices=2: data-parallel training needs the JAX or TensorFlow backend, not {keras.backend.backend()}")
+
+
+def test_bad_device_counts_are_clear_errors(one_cpu_device):
     from minicap.distribute import data_parallel
 
     for bad in (-1, "two", 1.5, True):
         with pytest.raises(ValueError, match="devices must be 0 .* or a number of devices, got"):
             data_parallel(bad)
-    if keras.backend.backend() not in ("jax", "tensorflow"):
-        with pytest.raises(ValueError, match="devices=2: data-parallel training needs the JAX or TensorFlow backend"):
-            data_parallel(2)
-        return
-    with pytest.raises(ValueError, match="batch_size 64 is not divisible by the 3 devices"):
-        data_parallel(3, batch_size=64)
-    _one_cpu_device()
-    with pytest.raises(ValueError, match="devices=2 but this machine has no GPU or TPU and 1 CPU device; "
-                                         "ask for at most 1"):
+    with pytest.raises(ValueError, match=TOO_MANY):
         data_parallel(2, batch_size=64)
+    if DATA_PARALLEL:
+        with pytest.raises(ValueError, match="batch_size 64 is not divisible by the 3 devices"):
+            data_parallel(3, batch_size=64)
 
 
-def test_minicap_train_devices_2_without_two_devices_fails_before_writing(tmp_path, capsys):
+def test_minicap_train_devices_2_without_two_devices_fails_before_writing(tmp_path, capsys, one_cpu_device):
     from minicap import cli
 
-    _one_cpu_device()
     assert cli.main(["train", "-o", str(tmp_path / "run"), "--devices", "2", "--set", "num_train=8"]) == 2
-    assert "minicap train: error: devices=2 but this machine has no GPU or TPU" in capsys.readouterr().err
+    assert f"minicap train: error: {TOO_MANY}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -163,8 +166,7 @@ def _run_script(args, backend, devices, timeout):
 def worker(request, tmp_path_factory):
     """What ``_worker`` measured on two virtual CPU devices of ``backend``, and where its runs are."""
     backend = request.param
-    if backend == "jax":
-        pytest.importorskip("jax")
+    require(backend)
     out = tmp_path_factory.mktemp(f"data_parallel_{backend}")
     log = _run_script(["worker", str(out)], backend, devices=2, timeout=1500)
     return {**json.loads((out / "results.json").read_text()), "log": log, "out": out, "backend": backend}
@@ -181,6 +183,7 @@ def test_two_devices_train_as_one_does(worker):
     assert one["loss"] < 0.8 * one["first_loss"]  # both trained, not just stayed equal
     assert one["segments"] == [{"from_step": 0, "devices": 1, "device_names": ["cpu:0"]}]
     assert two["segments"] == [{"from_step": 0, "devices": 2, "device_names": ["cpu:0", "cpu:1"]}]
+    assert (one["devices"], two["devices"]) == (1, 2)  # history.json's own record of the run's devices
     assert "training on 1 device (cpu:0)" in worker["log"]
     assert "training on 2 devices (data parallel): cpu:0, cpu:1" in worker["log"]
 
@@ -200,7 +203,7 @@ def test_two_devices_resume_after_a_crash(worker):
     assert resumed["resumed_from_step"] == CRASH_STEP - 1  # the last checkpoint
     assert resumed["steps"] == whole["steps"]  # every step once
     assert [segment["from_step"] for segment in resumed["segments"]] == [0, CRASH_STEP - 1]
-    assert {segment["devices"] for segment in resumed["segments"]} == {2}
+    assert {segment["devices"] for segment in resumed["segments"]} == {2} and resumed["devices"] == 2
     # Without dropout a resumed run is the uninterrupted one (as on one device).
     assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-5)
 
@@ -244,9 +247,10 @@ def _worker(out):
     runs = {}
 
     def record(name, result, seconds):
-        history = result.history
+        history = json.loads((result.run_dir / "history.json").read_text())  # as the run saved it
         runs[name] = {"loss": history["loss"][-1], "first_loss": history["loss"][0], "steps": history["step"],
                       "val_loss": history["epochs"][-1]["val_loss"], "segments": history["segments"],
+                      "devices": history["devices"],
                       "resumed_from_step": result.resumed_from_step, "seconds": seconds,
                       "outputs": _outputs(result.model, result.tokenizer)}
 

@@ -15,6 +15,7 @@ from minicap.evaluate import (
     patch_overlap, reference_grounding, tokenize,
 )
 from minicap.text import Tokenizer
+from planted_captioner import BEAM, GREEDY, planted_captioner
 from stand_ins import TableModel, planted_attention_model
 
 
@@ -342,3 +343,19 @@ def test_evaluate_caption_set_scores_the_captions_the_model_writes(tmp_path):
         assert metrics == pytest.approx(expected) and 0 < metrics["bleu4"] < 1 and 0 < metrics["cider_d"] < 10
     with pytest.raises(ValueError, match="the tiny test split is empty"):
         evaluate_caption_set(model, tokenizer, CaptionSet([], [], split="test", name="tiny", image_size=1))
+
+
+def test_evaluate_caption_set_scores_beam_search_where_it_writes_other_captions_than_greedy(tmp_path):
+    model, tokenizer = planted_captioner(image_size=16, patch_size=8)  # greedy writes GREEDY, beam search BEAM
+    references = [["a red circle", "the red circle"], ["a blue circle", "blue"], ["a red square"]]
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"{index}.png")
+        Image.new("RGB", (20, 30), (40 * index, 90, 200)).save(paths[-1])
+    caption_set = CaptionSet(paths, references, split="test", name="tiny", image_size=16)
+    for method, options, written in (("beam", {"beam_width": 2}, BEAM), ("greedy", {}, GREEDY)):
+        metrics, captions = evaluate_caption_set(model, tokenizer, caption_set, method, **options)
+        assert captions == [written] * 3, method
+        expected = {**corpus_bleu(captions, references), "cider_d": cider_d(captions, references)}
+        assert metrics == pytest.approx(expected), method
+        assert metrics["bleu1"] > 0

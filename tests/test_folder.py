@@ -221,3 +221,45 @@ def test_byte_order_mark_and_bad_bytes(tmp_path):
     with pytest.warns(UserWarning, match=r"lines \[3\] are not valid UTF-8"):
         data = load_caption_folder(tmp_path, "all")
     assert data.captions[1] == ["o\ufffdk"]
+
+
+# ---------------------------------------------------------------- the split a training run of a folder uses
+
+def _names(data):
+    return [os.path.basename(path) for path in data.paths]
+
+
+def test_a_run_on_a_folder_validates_on_a_tenth_of_the_images_it_never_trains_on(tmp_path):
+    from minicap import trainer
+
+    names = _many(tmp_path / "mine", 30)
+    config = trainer.profile("quick", dataset=str(tmp_path / "mine"))
+    train, val = trainer.load_data(config)
+    assert len(val) == 3 and len(train) == 27
+    assert not set(_names(train)) & set(_names(val)) and set(_names(train)) | set(_names(val)) == set(names)
+    assert all(captions == [f"caption {k} of {name}" for k in range(2)]
+               for name, captions in zip(_names(train) + _names(val), train.captions + val.captions))
+    # The same split on every call, and for the same images listed in another order, in another folder.
+    again_train, again_val = trainer.load_data(config)
+    assert (_names(again_train), _names(again_val)) == (_names(train), _names(val))
+    _many(tmp_path / "shuffled", 30, shuffle_seed=5)
+    shuffled_train, shuffled_val = trainer.load_data(config.replace(dataset=str(tmp_path / "shuffled")))
+    assert set(_names(shuffled_val)) == set(_names(val)) and set(_names(shuffled_train)) == set(_names(train))
+
+
+def test_a_run_on_a_folder_with_a_split_column_uses_the_files_split(tmp_path):
+    from minicap import trainer
+
+    names = [f"photo_{index:03d}.png" for index in range(10)]
+    for name in names:
+        _image(tmp_path / name, size=(4, 4))
+    # The file's own choice, unlike the tenth that the names would give (and a test split that trains on nothing).
+    chosen = sorted(set(names) - validation_images(names, 0.1))[:3]
+    tested = [name for name in names if name not in chosen][:2]
+    splits = {name: "val" if name in chosen else "test" if name in tested else "train" for name in names}
+    _write(tmp_path / "captions.csv", "image,caption,split\n" + "".join(
+        f"{name},caption of {name},{splits[name]}\n" for name in names))
+    train, val = trainer.load_data(trainer.profile("quick", dataset=str(tmp_path)))
+    assert _names(val) == chosen
+    assert _names(train) == [name for name in names if splits[name] == "train"]
+    assert len(train) == 5

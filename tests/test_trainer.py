@@ -1,4 +1,6 @@
-"""``minicap.trainer.train`` and ``minicap train``: results, refusals, determinism and resuming."""
+"""``minicap.trainer.train`` and ``minicap train``: results, refusals, determinism, resuming, and each training
+setting's effect."""
+import collections
 import json
 import os
 import signal
@@ -10,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import require
 from minicap import trainer
 
 # Eagerly: these tests check the trainer's logic, and for a model this small a step run op by op is faster than
@@ -81,6 +84,109 @@ def test_weight_decay_trains_with_adamw(tmp_path):
     assert not isinstance(plain.model.optimizer, keras.optimizers.AdamW)
     assert decayed.history["loss"][0] == pytest.approx(plain.history["loss"][0], rel=1e-6)  # same start
     assert not np.allclose(decayed.history["loss"], plain.history["loss"], rtol=1e-4)  # then the decay shows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Each training setting has its effect: one run with every one of them away from its default, then a test each
+
+SETTINGS = dict(lr_scale=0.5, label_smoothing=0.2, min_word_count=30, word_dropout=0.5)
+
+
+@pytest.fixture(scope="module")
+def with_settings(tmp_path_factory):
+    """A finished run of ``tiny(epochs=1, **SETTINGS)``: its TrainResult."""
+    return trainer.train(tiny(epochs=1, **SETTINGS), tmp_path_factory.mktemp("settings") / "run", verbose=0)
+
+
+def test_lr_scale_multiplies_the_learning_rate_of_every_step(with_settings):
+    history = json.loads((with_settings.run_dir / "history.json").read_text())
+    # After step s the optimizer holds the rate of step s + 1: scale · d^-0.5 · min(n^-0.5, n · warmup^-1.5) with
+    # n = s + 1 (Vaswani et al. 2017, eq. 3), for d = 16 and a warm-up of 5 steps.
+    expected = [0.5 * 16**-0.5 * min((s + 1) ** -0.5, (s + 1) * 5**-1.5) for s in history["step"]]
+    assert len(expected) == 12
+    np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-6)
+
+
+def _clean_batches(result, split):
+    """The run's ``split`` as batches in file order, every word as the captions have it (no word dropout)."""
+    from minicap.data.pipeline import CaptionBatches
+
+    config = result.config
+    data = trainer.load_split(config, split)
+    return CaptionBatches(data.images, data.captions, result.tokenizer, config.model.max_length, config.batch_size,
+                          shuffle=False)
+
+
+def test_label_smoothing_is_the_loss_the_run_trains_on(with_settings):
+    (images, inputs), targets = _clean_batches(with_settings, "val")[0]
+    model = with_settings.model
+    logits = keras.ops.convert_to_numpy(model((images, inputs), training=False)).astype("float64")  # (B, T, V)
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    # 1 - ε on the true word, ε spread over the vocabulary; averaged over the real (non-padding) words.
+    true = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    smoothed = -(0.8 * true + 0.2 * log_probs.mean(-1))
+    real = targets != with_settings.tokenizer.pad_id
+    reported = model.evaluate((images, inputs), targets, batch_size=len(targets), verbose=0, return_dict=True)
+    assert reported["loss"] == pytest.approx(smoothed[real].mean(), rel=1e-5)
+    assert not reported["loss"] == pytest.approx(-true[real].mean(), rel=1e-2)  # which is not the plain one
+
+
+def test_min_word_count_leaves_rarer_words_out_of_the_saved_vocabulary(with_settings):
+    from minicap.text import Tokenizer
+
+    captions = [c for refs in trainer.load_split(with_settings.config, "train").captions for c in refs]
+    counts = collections.Counter(word for caption in captions for word in caption.split())
+    assert min(counts.values()) < 30 <= max(counts.values())  # some words are rarer than that, some not
+    vocabulary = Tokenizer.load(with_settings.run_dir / "tokenizer.json").vocabulary
+    assert vocabulary[:4] == ["[PAD]", "[START]", "[END]", "[UNK]"]
+    assert sorted(vocabulary[4:]) == sorted(word for word, count in counts.items() if count >= 30)
+
+
+def test_word_dropout_leaves_the_validation_batches_whole(with_settings):
+    # The validation loss the run recorded is the trained model's loss on the validation captions as they are: had
+    # words of their inputs been dropped (half of them, here), it would be another.
+    batches = _clean_batches(with_settings, "val")
+    recorded = with_settings.history["epochs"][-1]["val_loss"]
+    assert with_settings.model.evaluate(batches, verbose=0, return_dict=True)["loss"] == pytest.approx(recorded,
+                                                                                                         rel=1e-5)
+    # The training batches did lose words: [UNK] in inputs where the caption had a known word.
+    (_, inputs), targets = trainer.make_batches(with_settings.config, with_settings.model,
+                                                trainer.load_split(with_settings.config, "train"),
+                                                with_settings.tokenizer, training=True)[0]
+    unk = with_settings.tokenizer.unk_id
+    assert ((inputs[:, 1:] == unk) & (targets[:, :-1] != unk)).any()
+
+
+def test_backbones_with_other_weights_never_share_cached_features(tmp_path):
+    # The photos profile's frozen backbone, twice in one data directory with different pretrained weights (as a
+    # reader who changes backbone_weights would run it): each run's batches carry its own backbone's features.
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    import types
+
+    from minicap.data.features import list_feature_caches
+    from minicap.encoder import ViTBackbone
+    from minicap.text import Tokenizer
+    from photo_stand_ins import write_caption_folder, write_vit_weights
+
+    config = trainer.profile("photos", dataset=str(write_caption_folder(tmp_path / "photos", count=3)),
+                             data_dir=str(tmp_path / "data"), image_size=32)
+    split = trainer.load_split(config, "train")
+    tokenizer = Tokenizer.fit([c for refs in split.captions for c in refs])
+    images = split.load_images(32).astype("float32") / 255.0
+    features = []
+    for seed in (1, 2):
+        # A small ViT in vit-keras's architecture stands in for ViT-B/32 (same code path, 2 x 2 patches of 16).
+        backbone = ViTBackbone(32, variant=None, patch_size=16, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
+        write_vit_weights(tmp_path / f"weights-{seed}.npz", backbone.vit, heads=2, scale=0.5, seed=seed)
+        backbone.load_weights_from(str(tmp_path / f"weights-{seed}.npz"))
+        model = types.SimpleNamespace(config=config.model, encoder=backbone)  # what the feature pass reads
+        batches = trainer.make_batches(config, model, split, tokenizer, training=False, progress=False)
+        features.append(np.asarray(batches.features, "float32"))
+        own = keras.ops.convert_to_numpy(backbone(images))  # (images, 4, 16)
+        np.testing.assert_allclose(features[-1], own, rtol=2**-10, atol=2**-10)  # float16 in the cache
+    assert np.abs(features[0] - features[1]).max() > 0.1
+    assert len(list_feature_caches(trainer.feature_cache_dir(config))) == 2
 
 
 @pytest.fixture(scope="module")
