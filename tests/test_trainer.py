@@ -44,8 +44,14 @@ class CrashAt(keras.callbacks.Callback):
             raise Crash(f"crashed after {self.steps} steps")
 
 
-def test_train_saves_a_loadable_model_and_its_history(tmp_path):
-    result = trainer.train(tiny(), tmp_path / "run", verbose=0)
+def test_train_saves_a_loadable_model_and_its_history(tmp_path, capsys):
+    result = trainer.train(tiny(), tmp_path / "run", verbose=2)
+    # verbose=2: one line per epoch of the whole run, numbered in it, with its training and validation values.
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    for line, entry in zip(lines, json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]):
+        assert f"loss {entry['loss']:.3f}" in line and f"val_loss {entry['val_loss']:.3f}" in line
+        assert f"val_accuracy {entry['val_accuracy']:.3f}" in line
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert files == ["config.json", "history.json", "model.keras", "tokenizer.json", "train_config.json"]
     history = json.loads((tmp_path / "run" / "history.json").read_text())
