@@ -67,9 +67,11 @@ def keras_home(tmp_path_factory):
     return home
 
 
-def minicap(keras_home, *args, kill=("none", 0), mirror=None):
+def minicap(keras_home, *args, kill=("none", 0), mirror=None, backend=None):
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
     env.pop("MINICAP_VIT_MIRROR", None)
+    if backend:
+        env["KERAS_BACKEND"] = backend
     if mirror:
         env["MINICAP_VIT_MIRROR"] = mirror
     return subprocess.run([sys.executable, "-c", DRIVER, kill[0], str(kill[1]), *map(str, args)],
@@ -127,10 +129,12 @@ def test_photos_profile_downloads_trains_resumes_after_sigkill_and_captions(tmp_
         from PIL import Image
 
         Image.new("RGB", (300, 200), (200, 40, 40)).save(photo)
-        captioned = minicap(keras_home, "caption", photo, "--model", run / "model.keras", "--beam", 3)
-        assert captioned.returncode == 0, captioned.stderr[-2000:]
-        path, caption = captioned.stdout.strip().splitlines()[-1].split("\t")
-        assert path == str(photo) and caption.split()
+        for backend in ("tensorflow", "jax"):  # minicap's ViT runs on either
+            captioned = minicap(keras_home, "caption", photo, "--model", run / "model.keras", "--beam", 3,
+                                backend=backend)
+            assert captioned.returncode == 0, captioned.stderr[-2000:]
+            path, caption = captioned.stdout.strip().splitlines()[-1].split("\t")
+            assert path == str(photo) and caption.split()
 
         evaluated = minicap(keras_home, "evaluate", "--model", run / "model.keras", "--dataset", "flickr8k", "--json")
         assert evaluated.returncode == 0, evaluated.stderr[-2000:]
