@@ -149,9 +149,10 @@ def official_shapes(patch_size, hidden_size, num_layers, num_heads, mlp_dim, gri
         for name in ("query", "key", "value"):
             shapes.update({f"{attention}/{name}/kernel": (width, num_heads, head_width),
                            f"{attention}/{name}/bias": (num_heads, head_width)})
+        mlp = f"{block}/MlpBlock_3"
         shapes.update({f"{attention}/out/kernel": (num_heads, head_width, width), f"{attention}/out/bias": (width,),
-                       f"{block}/MlpBlock_3/Dense_0/kernel": (width, mlp_dim), f"{block}/MlpBlock_3/Dense_0/bias": (mlp_dim,),
-                       f"{block}/MlpBlock_3/Dense_1/kernel": (mlp_dim, width), f"{block}/MlpBlock_3/Dense_1/bias": (width,)})
+                       f"{mlp}/Dense_0/kernel": (width, mlp_dim), f"{mlp}/Dense_0/bias": (mlp_dim,),
+                       f"{mlp}/Dense_1/kernel": (mlp_dim, width), f"{mlp}/Dense_1/bias": (width,)})
     return shapes
 
 

@@ -16,7 +16,8 @@ from keras import ops
 from conftest import require
 from layer_checks import check_layer
 from minicap.encoder import ViTBackbone
-from minicap.vit import PretrainedViT, load_official_weights, official_layout, pretrained_vit, resize_position_embeddings
+from minicap.vit import (PretrainedViT, load_official_weights, official_layout, pretrained_vit,
+                         resize_position_embeddings)
 from photo_stand_ins import official_shapes, write_vit_weights
 
 # A small ViT in the official architecture (ViT-B has the same structure: 12 layers of width 768).
@@ -60,7 +61,8 @@ def reference_forward(arrays, pixels, num_heads):
         scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(width // num_heads)
         weights = np.exp(scores - scores.max(-1, keepdims=True))
         weights /= weights.sum(-1, keepdims=True)
-        x = x + np.einsum("bhtk,hkd->btd", weights @ v, arrays[f"{attention}/out/kernel"]) + arrays[f"{attention}/out/bias"]
+        x = x + np.einsum("bhtk,hkd->btd", weights @ v, arrays[f"{attention}/out/kernel"])
+        x = x + arrays[f"{attention}/out/bias"]
         h = norm(x, f"{block}/LayerNorm_2") @ arrays[f"{block}/MlpBlock_3/Dense_0/kernel"]
         h = h + arrays[f"{block}/MlpBlock_3/Dense_0/bias"]
         h = 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))  # the exact GELU
