@@ -1,15 +1,21 @@
-"""Colab: the "Open in Colab" badge and the setup cell that every chapter notebook starts with.
+"""Colab and Kaggle: the "Open in Colab" badge and the setup cell that every chapter notebook starts with.
 
 The repository is named here and only here; ``_config.yml``'s ``repository.url`` must agree (a test
-checks it). The setup cell runs before minicap is installed, so its source uses the standard
-library only. On Colab it installs minicap from the repository *without its dependencies*, so that
-pip never replaces the TensorFlow and Keras that Colab ships, then the few small dependencies, then
-vit-keras 0.2.0 (the pretrained ViT backbone): that release declares ``Python <3.12`` while Colab
-runs a newer Python, so there it is installed with ``--ignore-requires-python`` (its code runs on
-3.12+; its dependencies scipy and opencv are on Colab already, validators is installed here).
-Anywhere else the cell installs nothing. The cell carries jupyter-book's ``remove-cell`` tag: the
-rendered page leaves out this pip plumbing (the cell still runs when the book is built), while Colab,
-which ignores tags, shows and runs it.
+checks it). The setup cell runs before minicap is installed, so its source uses the standard library
+only. On Colab (``google.colab`` imported) and on Kaggle (``KAGGLE_KERNEL_RUN_TYPE`` set) it installs
+minicap from the repository *without its dependencies*, so that pip never replaces the TensorFlow, Keras
+and JAX that those runtimes ship, then minicap's few small dependencies, which they have already (pip
+leaves installed packages alone). The pretrained ViT-B/32 of the photos profile is minicap's own
+(``minicap.vit``): it needs nothing more. Setting ``WITH_VIT_KERAS = True`` in the cell also installs
+vit-keras 0.2.0, the article's ViT library (``CaptionConfig(vit_implementation="vit-keras")``): that
+release declares ``Python <3.12`` while Colab and Kaggle run newer Pythons, so there it is installed
+with ``--ignore-requires-python`` and without dependencies (its code runs on them; scipy, opencv and
+typing_extensions come with both runtimes, validators is installed with it). Anywhere else the cell
+installs nothing. tests/test_colab.py resolves the cell's pip commands against PyPI for Colab's Pythons
+(3.13, and 3.12 as Colab's previous runtime and Kaggle's image have it), wheels only, next to Colab's
+TensorFlow, Keras and JAX. The cell carries jupyter-book's ``remove-cell`` tag: the rendered page leaves
+out this pip plumbing (the cell still runs when the book is built), while Colab and Kaggle, which ignore
+tags, show and run it.
 
 Keep the notebooks in line with this module::
 
@@ -26,11 +32,13 @@ BRANCH = "main"
 BOOK_DIR = "book"  # where the notebooks live, relative to the repository root
 COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
-# minicap's dependencies (pyproject.toml) without tensorflow and keras, which Colab has already.
+# minicap's dependencies (pyproject.toml) without tensorflow and keras, which Colab and Kaggle have already.
 # pip leaves packages that are already installed alone; a test keeps this list in line with pyproject.
 SMALL_DEPENDENCIES = ["numpy", "matplotlib", "pillow", "tqdm"]
 VIT_KERAS = "vit-keras==0.2.0"
-VIT_KERAS_DEPENDENCIES = ["validators"]  # its others, scipy and opencv (cv2), come with Colab
+VIT_KERAS_DEPENDENCIES = ["validators"]  # its others, scipy and opencv (cv2), come with Colab and Kaggle
+# The variable Kaggle's notebook image sets in every session (its kernels read it to tell Kaggle apart).
+KAGGLE_VARIABLE = "KAGGLE_KERNEL_RUN_TYPE"
 # jupyter-book's cell tag that keeps the setup cell off the rendered page (it still runs there).
 SETUP_CELL_TAGS = ["remove-cell"]
 
@@ -39,28 +47,33 @@ def repository_url():
     return f"https://github.com/{REPOSITORY}"
 
 
+_VIT_KERAS_ARGUMENTS = ", ".join(json.dumps(name) for name in [VIT_KERAS] + VIT_KERAS_DEPENDENCIES)
+
 SETUP_CELL = f'''\
-# Setup (see minicap/colab.py): on Colab, install minicap and vit-keras
-# without touching Colab's TensorFlow and Keras. Elsewhere: nothing to do.
+# Setup (see minicap/colab.py): on Colab and Kaggle, install minicap without touching
+# their TensorFlow, Keras and JAX. Elsewhere: nothing to do.
 import os, subprocess, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# True: also install vit-keras, the article's ViT library, for
+# CaptionConfig(vit_implementation="vit-keras"). minicap's own ViT needs nothing.
+WITH_VIT_KERAS = False
 
-def colab_pip_commands(python_version, on_colab):
-    \"\"\"The pip commands this cell runs: none off Colab.\"\"\"
-    if not on_colab:
+def pip_commands(python_version, hosted, vit_keras=False):
+    \"\"\"The pip commands this cell runs: none off Colab and Kaggle.\"\"\"
+    if not hosted:
         return []
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    # vit-keras 0.2.0 declares Python <3.12; its code runs on newer ones.
-    new = ["--ignore-requires-python"] if python_version >= (3, 12) else []
     minicap = "minicap @ git+{repository_url()}@{BRANCH}"
-    return [
-        pip + ["--no-deps", minicap],
-        pip + {json.dumps(SMALL_DEPENDENCIES + VIT_KERAS_DEPENDENCIES)},
-        pip + ["--no-deps", *new, "{VIT_KERAS}"],
-    ]
+    commands = [pip + ["--no-deps", minicap],
+                pip + {json.dumps(SMALL_DEPENDENCIES)}]
+    if vit_keras:
+        # vit-keras 0.2.0 declares Python <3.12; its code runs on newer ones.
+        new = ["--ignore-requires-python"] if python_version >= (3, 12) else []
+        commands.append(pip + ["--no-deps", *new, {_VIT_KERAS_ARGUMENTS}])
+    return commands
 
-on_colab = "google.colab" in sys.modules
-for command in colab_pip_commands(sys.version_info[:2], on_colab):
+hosted = "google.colab" in sys.modules or "{KAGGLE_VARIABLE}" in os.environ
+for command in pip_commands(sys.version_info[:2], hosted, WITH_VIT_KERAS):
     subprocess.run(command, check=True)
 '''
 

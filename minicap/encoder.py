@@ -13,14 +13,13 @@ References: Dosovitskiy et al., "An image is worth 16x16 words" (2020); Vaswani 
 "Attention is all you need" (2017); Xiong et al., "On layer normalization in the Transformer
 architecture" (2020).
 """
-import os
-
 import keras
 from keras import ops
 
 from minicap.attention import MultiHeadAttention
 from minicap.patches import ColourShapePatchEncoder, ConvPatchEncoder, PatchEncoder, Patches, check_image_shape
 from minicap.positional import sinusoidal_encoding_2d
+from minicap.vit_weights import VIT_WEIGHTS, weights_file  # noqa: F401 (VIT_WEIGHTS: re-exported)
 
 # How the scratch encoder turns an image into patch vectors (see minicap.patches).
 PATCH_STEMS = ("linear", "colour-shape", "conv")
@@ -29,19 +28,33 @@ PATCH_STEMS = ("linear", "colour-shape", "conv")
 NORM_EPSILON = 1e-6
 
 VIT_INSTALL_HINT = (
-    "The pretrained ViT backbone needs the optional package vit-keras 0.2.0. Install it with\n"
+    "The vit-keras implementation of the pretrained ViT (vit_implementation='vit-keras') needs the optional "
+    "package vit-keras 0.2.0; minicap's own (vit_implementation='minicap', the default) needs nothing more. "
+    "Install vit-keras with\n"
     "    pip install 'minicap[vit]'\n"
     "or, on Python 3.12+ (where vit-keras declares it does not install):\n"
     "    pip install --no-deps --ignore-requires-python vit-keras==0.2.0 opencv-python-headless validators scipy"
 )
 
-# The pretrained backbones: vit-keras's ViT-B/16 and ViT-B/32 (ViT-Base: 12 layers, width 768).
+# The pretrained backbones: ViT-B/16 and ViT-B/32 (ViT-Base: 12 layers, width 768).
 VIT_VARIANTS = {
     "vit-b16": dict(patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
     "vit-b32": dict(patch_size=32, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
 }
-# The weight sets vit-keras can download (a local ``.npz`` path works too, see ViTBackbone.load_weights).
-VIT_WEIGHTS = ("imagenet21k+imagenet2012", "imagenet21k")
+
+
+def vit_architecture(variant, **given):
+    """The ViT architecture of ``variant`` (a key of ``VIT_VARIANTS``, or None) with the sizes in ``given``
+    (``patch_size``, ``hidden_size``, ``num_layers``, ``num_heads``, ``mlp_dim``) that are not None."""
+    if variant is not None and variant not in VIT_VARIANTS:
+        raise ValueError(f"unknown ViT variant {variant!r}; choose one of {sorted(VIT_VARIANTS)} or None")
+    architecture = dict(VIT_VARIANTS[variant]) if variant else {}
+    for name in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim"):
+        if given.get(name) is not None:
+            architecture[name] = given[name]
+        elif name not in architecture:
+            raise ValueError(f"a ViT with variant=None needs {name}; got None")
+    return architecture
 
 
 @keras.saving.register_keras_serializable(package="minicap")
@@ -288,6 +301,9 @@ def import_vit_keras():
 class ViTBackbone(keras.layers.Layer):
     """A (pretrained) ViT from vit-keras, returning every patch token: the image's "features".
 
+    The article's implementation (``CaptionConfig(vit_implementation="vit-keras")``); minicap's own,
+    ``minicap.vit.PretrainedViT``, loads the same weights and computes the same features without it.
+
     vit-keras's model ends by keeping the class token only (for classification); this layer taps
     the sequence after the encoder's final layer norm instead and drops the class token, so the
     caption decoder can attend to each of the ``num_patches`` patch tokens. They are
@@ -321,16 +337,8 @@ class ViTBackbone(keras.layers.Layer):
     def __init__(self, image_size, variant="vit-b32", freeze=True, patch_size=None, hidden_size=None,
                  num_layers=None, num_heads=None, mlp_dim=None, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        if variant is not None and variant not in VIT_VARIANTS:
-            raise ValueError(f"unknown ViT variant {variant!r}; choose one of {sorted(VIT_VARIANTS)} or None")
-        architecture = dict(VIT_VARIANTS[variant]) if variant else {}
-        given = dict(patch_size=patch_size, hidden_size=hidden_size, num_layers=num_layers,
-                     num_heads=num_heads, mlp_dim=mlp_dim)
-        for name, value in given.items():
-            if value is not None:
-                architecture[name] = value
-            elif name not in architecture:
-                raise ValueError(f"ViTBackbone with variant=None needs {name}; got None")
+        architecture = vit_architecture(variant, patch_size=patch_size, hidden_size=hidden_size,
+                                        num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim)
         self.image_size = image_size
         self.variant = variant
         self.freeze = freeze
@@ -353,25 +361,14 @@ class ViTBackbone(keras.layers.Layer):
     def build(self, input_shape):
         self.built = True  # the vit-keras model was built when it was created
 
-    def load_weights_from(self, weights="imagenet21k+imagenet2012"):
-        """Load pretrained ViT weights: a name in ``VIT_WEIGHTS`` (downloaded by vit-keras, then cached
-        under ``$KERAS_HOME/weights``, default ``~/.keras/weights``) or the path of a local ``.npz`` file
-        in the official format."""
-        vit, utils = import_vit_keras()
+    def load_weights_from(self, weights="imagenet21k+imagenet2012", file_hash=None):
+        """Load pretrained weights: a name in ``VIT_WEIGHTS`` (found or downloaded by
+        ``minicap.vit_weights.weights_file``, the same files vit-keras downloads, checked against
+        ``file_hash`` when given) or the path of a local ``.npz`` file in the official format."""
+        _, utils = import_vit_keras()
         grid = self.image_size // self.architecture["patch_size"]
-        if weights in VIT_WEIGHTS:
-            if self.variant is None:
-                raise ValueError(f"weights {weights!r} exist for the variants {sorted(VIT_VARIANTS)} only; "
-                                 f"this backbone has variant=None: give the path of a .npz file")
-            size = "B_16" if self.variant == "vit-b16" else "B_32"
-            vit.load_pretrained(size=size, weights=weights, pretrained_top=False, model=self.vit,
-                                image_size=self.image_size, patch_size=self.architecture["patch_size"])
-            return
-        if not str(weights).endswith(".npz"):
-            raise ValueError(f"weights must be one of {list(VIT_WEIGHTS)} or the path of a .npz file, got {weights!r}")
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"ViT weights file {weights!r} does not exist")
-        utils.load_weights_numpy(model=self.vit, params_path=str(weights), pretrained_top=False,
+        path = weights_file(weights, self.variant, file_hash=file_hash)
+        utils.load_weights_numpy(model=self.vit, params_path=path, pretrained_top=False,
                                  num_x_patches=grid, num_y_patches=grid)
 
     def call(self, images, training=None):

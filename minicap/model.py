@@ -17,8 +17,11 @@ import zipfile
 import keras
 from keras import ops
 
+from minicap.data.download import parse_hash
 from minicap.decoder import Decoder
-from minicap.encoder import PATCH_STEMS, VIT_VARIANTS, VIT_WEIGHTS, ViTBackbone, VisionEncoder
+from minicap.encoder import PATCH_STEMS, VIT_VARIANTS, VisionEncoder
+from minicap.vit import VIT_IMPLEMENTATIONS, pretrained_vit
+from minicap.vit_weights import VIT_WEIGHTS
 
 BACKBONES = ("scratch",) + tuple(VIT_VARIANTS)
 
@@ -43,9 +46,15 @@ class CaptionConfig:
     freeze_backbone: bool = True  # keep a pretrained ViT's weights fixed (its projection still trains)
     pad_id: int = 0  # the padding token id, hidden from self-attention and from the loss
     # pretrained ViT weights loaded when a model is created (not when loaded from a file): a name in
-    # VIT_WEIGHTS (downloaded once by vit-keras), a local .npz path, or None for random weights;
-    # always None for the scratch encoder
+    # VIT_WEIGHTS (the official files: a local copy, $MINICAP_VIT_MIRROR or GitHub, see
+    # minicap.vit_weights), a local .npz path, or None for random weights; always None for the scratch encoder
     backbone_weights: str | None = "imagenet21k+imagenet2012"
+    # the digest the weights file must have, "sha256:..." (none is published for the official files; without
+    # one, the first download's SHA-256 is recorded and checked at every later use)
+    backbone_weights_hash: str | None = None
+    # which implementation runs the pretrained ViT: "minicap" (minicap.vit.PretrainedViT, needs nothing but
+    # Keras) or "vit-keras" (minicap.encoder.ViTBackbone, the article's library, the optional vit extra)
+    vit_implementation: str = "minicap"
     # The scratch encoder's own sizes, when it is wider than the decoder (e.g. a ViT-B/32 encoder of
     # width 768 feeding a decoder of width 512); None means the decoder's value. A Dense layer
     # projects the patch vectors to model_dim when encoder_dim differs from it.
@@ -109,6 +118,13 @@ class CaptionConfig:
         if weights is not None and weights not in VIT_WEIGHTS and not str(weights).endswith(".npz"):
             raise ValueError(f"CaptionConfig.backbone_weights must be one of {list(VIT_WEIGHTS)}, the path "
                              f"of a .npz file, or None; got {weights!r}")
+        try:
+            parse_hash(self.backbone_weights_hash)
+        except ValueError as error:
+            raise ValueError(f"CaptionConfig.backbone_weights_hash: {error}") from None
+        if self.vit_implementation not in VIT_IMPLEMENTATIONS:
+            raise ValueError(f"CaptionConfig.vit_implementation {self.vit_implementation!r} is not one of "
+                             f"{list(VIT_IMPLEMENTATIONS)}")
 
     @property
     def encoder_patch_size(self):
@@ -178,6 +194,9 @@ class CaptionConfig:
 class CaptionModel(keras.Model):
     """Encoder (scratch ViT or pretrained ViT-B) + Dense projection + decoder + a float32 vocabulary head.
 
+    The pretrained ViT-B is ``minicap.vit.pretrained_vit``'s: minicap's own layers by default, or
+    vit-keras's model (``config.vit_implementation``).
+
     The encoder turns an image into patch vectors ("features") of width ``config.feature_dim``; a
     Dense layer projects them to the decoder's ``model_dim`` (only when the widths differ, for the
     scratch encoder); the decoder attends to them while it writes.
@@ -211,8 +230,8 @@ class CaptionModel(keras.Model):
         self.config = config
         policy = self.dtype_policy
         if config.pretrained:
-            self.encoder = ViTBackbone(config.image_size, variant=config.backbone, freeze=config.freeze_backbone,
-                                       dtype=policy, name="encoder")
+            self.encoder = pretrained_vit(config.image_size, config.backbone, config.vit_implementation,
+                                          freeze=config.freeze_backbone, dtype=policy, name="encoder")
         else:
             self.encoder = VisionEncoder(
                 config.image_size, config.patch_size, config.encoder_width, config.encoder_layers,
@@ -231,7 +250,7 @@ class CaptionModel(keras.Model):
         self.head = keras.layers.Dense(config.vocab_size, dtype="float32", name="head")
         self.build()
         if config.pretrained and config.backbone_weights and load_backbone_weights:
-            self.encoder.load_weights_from(config.backbone_weights)
+            self.encoder.load_weights_from(config.backbone_weights, file_hash=config.backbone_weights_hash)
 
     def build(self, input_shape=None):
         # Every weight is created from the config alone, so a new model can be summarised and a
@@ -308,7 +327,11 @@ class CaptionModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        return cls(config.pop("config"), load_backbone_weights=False, **config)
+        values = dict(config.pop("config"))
+        if values.get("backbone", "scratch") != "scratch":
+            # A model saved before minicap had its own ViT holds vit-keras's: rebuild that one.
+            values.setdefault("vit_implementation", "vit-keras")
+        return cls(values, load_backbone_weights=False, **config)
 
 
 def load_captioner(model_path, tokenizer_path=None):

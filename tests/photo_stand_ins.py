@@ -1,13 +1,14 @@
 """Offline stand-ins, in the real formats, for what the photos path downloads.
 
-No machine of the project reaches Flickr8k's or vit-keras's hosts, so the tests build the same files:
+No machine of the project reaches Flickr8k's or the ViT weights' hosts, so the tests build the same files:
 
 - :func:`write_flickr8k`: ``Flickr8k_Dataset.zip`` (JPEGs of several sizes and colour modes in
   ``Flicker8k_Dataset/``) and ``Flickr8k_text.zip`` (``Flickr8k.token.txt`` and the three official split
   lists), served by :func:`serve` from 127.0.0.1 so that the real download, checksum and extraction run;
 - :func:`write_vit_weights`: a ViT's weights in the official ``.npz`` key layout (attention kernels
-  split by head, a classifier head included), random values; :func:`install_vit_weights` puts the
-  ViT-B/32 file where vit-keras looks for its download (``$KERAS_HOME/weights``);
+  split by head, a classifier head included), random values; :func:`write_vit_b_weights` writes a ViT-B
+  file (for a mirror served from 127.0.0.1) and :func:`install_vit_weights` puts one in the weights cache
+  (``$KERAS_HOME/weights``, where vit-keras keeps its downloads too);
 - :func:`write_caption_folder`: a reader's own folder of photos with a ``captions.csv``.
 """
 import contextlib
@@ -129,48 +130,70 @@ def official_key(path):
     return path
 
 
-def write_vit_weights(path, vit_model, heads, scale=1.0, seed=1):
-    """Random weights for ``vit_model`` (a vit-keras model) in the official (Flax) layout, attention
-    kernels split by head, plus a 10-class head as the official files carry; return the arrays.
+def official_shapes(patch_size, hidden_size, num_layers, num_heads, mlp_dim, grid, pre_logits=False, classes=10):
+    """``{key: shape}`` of an official ViT ``.npz`` file (Google's Flax layout, as vit-keras's release assets
+    hold it) for this architecture and a ``grid x grid`` patch grid: attention kernels split by head, the
+    patch embedding a convolution kernel, and a classifier head (``pre_logits`` too in the ImageNet-21k files)."""
+    width, head_width = hidden_size, hidden_size // num_heads
+    shapes = {"embedding/kernel": (patch_size, patch_size, 3, width), "embedding/bias": (width,),
+              "cls": (1, 1, width), "Transformer/posembed_input/pos_embedding": (1, 1 + grid * grid, width),
+              "Transformer/encoder_norm/scale": (width,), "Transformer/encoder_norm/bias": (width,),
+              "head/kernel": (width, classes), "head/bias": (classes,)}
+    if pre_logits:
+        shapes.update({"pre_logits/kernel": (width, width), "pre_logits/bias": (width,)})
+    for index in range(num_layers):
+        block = f"Transformer/encoderblock_{index}"
+        for norm in ("LayerNorm_0", "LayerNorm_2"):
+            shapes.update({f"{block}/{norm}/scale": (width,), f"{block}/{norm}/bias": (width,)})
+        attention = f"{block}/MultiHeadDotProductAttention_1"
+        for name in ("query", "key", "value"):
+            shapes.update({f"{attention}/{name}/kernel": (width, num_heads, head_width),
+                           f"{attention}/{name}/bias": (num_heads, head_width)})
+        mlp = f"{block}/MlpBlock_3"
+        shapes.update({f"{attention}/out/kernel": (num_heads, head_width, width), f"{attention}/out/bias": (width,),
+                       f"{mlp}/Dense_0/kernel": (width, mlp_dim), f"{mlp}/Dense_0/bias": (mlp_dim,),
+                       f"{mlp}/Dense_1/kernel": (mlp_dim, width), f"{mlp}/Dense_1/bias": (width,)})
+    return shapes
+
+
+def write_vit_weights(path, patch_size, hidden_size, num_layers, num_heads, mlp_dim, grid, scale=1.0, seed=1,
+                      pre_logits=False):
+    """Random weights in the official ``.npz`` layout (see :func:`official_shapes`); return the arrays.
 
     ``scale`` is the standard deviation of the values (1 by default; 0.02, as ViT initialises, keeps a
     12-layer network's activations in range). Norm scales are drawn around 1."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for weight in vit_model.weights:
-        shape = tuple(weight.shape)
-        key = official_key(weight.path)
-        if "MultiHeadDotProductAttention_1" in key:
-            if key.endswith("out/kernel"):
-                shape = (heads, shape[0] // heads, shape[1])
-            elif key.endswith("kernel"):
-                shape = (shape[0], heads, shape[1] // heads)
-            elif not key.endswith("out/bias"):
-                shape = (heads, shape[0] // heads)
+    for key, shape in official_shapes(patch_size, hidden_size, num_layers, num_heads, mlp_dim, grid,
+                                      pre_logits).items():
         values = rng.normal(0.0, scale, size=shape)
-        if key.endswith("/scale"):
-            values = 1.0 + values
-        arrays[key] = values.astype("float32")
-    width = arrays["cls"].shape[-1]
-    arrays["head/kernel"] = np.zeros((width, 10), "float32")
-    arrays["head/bias"] = np.zeros((10,), "float32")
+        arrays[key] = (1.0 + values if key.endswith("/scale") else values).astype("float32")
     np.savez(path, **arrays)
     return arrays
 
 
-def install_vit_weights(keras_home, variant="vit-b32", weights="imagenet21k+imagenet2012"):
-    """Write random ViT-B weights where vit-keras's download looks first, ``keras_home/weights``
-    (``ViT-B_32_imagenet21k+imagenet2012.npz``), so that loading the "pretrained" backbone runs the
-    real code path offline. Return the file's path."""
-    from minicap.encoder import VIT_VARIANTS, ViTBackbone
+def write_vit_b_weights(path, variant="vit-b32", weights="imagenet21k+imagenet2012"):
+    """Random ViT-B weights in an official file at ``path`` (the official files are for 224 pixels); return
+    ``"sha256:<digest>"`` of the file."""
+    from minicap.encoder import VIT_VARIANTS
 
-    size = {"vit-b16": "B_16", "vit-b32": "B_32"}[variant]
-    target = Path(keras_home) / "weights" / f"ViT-{size}_{weights}.npz"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    backbone = ViTBackbone(224, variant=variant, name="stand_in_vit")  # the official files are for 224 pixels
-    partial = target.with_name(target.name + ".partial.npz")
-    write_vit_weights(partial, backbone.vit, heads=VIT_VARIANTS[variant]["num_heads"], scale=0.02)
-    partial.replace(target)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    architecture = VIT_VARIANTS[variant]
+    partial = path.with_name(path.name + ".partial.npz")
+    write_vit_weights(partial, grid=224 // architecture["patch_size"], scale=0.02,
+                      pre_logits=weights == "imagenet21k", **architecture)
+    partial.replace(path)
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def install_vit_weights(keras_home, variant="vit-b32", weights="imagenet21k+imagenet2012"):
+    """Write random ViT-B weights into the weights cache, ``keras_home/weights`` (e.g.
+    ``ViT-B_32_imagenet21k+imagenet2012.npz``), where both implementations (and vit-keras's own download)
+    look first, so that loading the "pretrained" backbone runs the real code path offline. Return the path."""
+    from minicap.vit_weights import weights_file_name
+
+    target = Path(keras_home) / "weights" / weights_file_name(variant, weights)
+    if not target.exists():
+        write_vit_b_weights(target, variant, weights)
     return target

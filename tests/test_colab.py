@@ -1,4 +1,5 @@
 """The Colab badge and setup cell: what the cell would install on a given Python, without Colab."""
+import importlib.util
 import json
 import re
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import unavailable
 from minicap import colab
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.single_backend
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_setup_cell(monkeypatch, on_colab, version_info=None):
+def run_setup_cell(monkeypatch, on_colab, version_info=None, on_kaggle=False, with_vit_keras=False):
     """Execute SETUP_CELL as a notebook would; return the commands it passed to subprocess.run."""
     commands = []
 
@@ -34,10 +36,18 @@ def run_setup_cell(monkeypatch, on_colab, version_info=None):
         monkeypatch.setitem(sys.modules, "google.colab", google.colab)
     else:
         monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    if on_kaggle:
+        monkeypatch.setenv(colab.KAGGLE_VARIABLE, "Interactive")
+    else:
+        monkeypatch.delenv(colab.KAGGLE_VARIABLE, raising=False)
     if version_info is not None:
         monkeypatch.setattr(sys, "version_info", version_info)
+    source = colab.SETUP_CELL
+    if with_vit_keras:  # what a reader does in the cell to get vit-keras too
+        assert source.count("WITH_VIT_KERAS = False\n") == 1
+        source = source.replace("WITH_VIT_KERAS = False\n", "WITH_VIT_KERAS = True\n")
     namespace = {}
-    exec(compile(colab.SETUP_CELL, "<setup cell>", "exec"), namespace)
+    exec(compile(source, "<setup cell>", "exec"), namespace)
     return commands, namespace
 
 
@@ -47,37 +57,56 @@ def packages_named(command):
     return [part for part in command[install + 1:] if not part.startswith("-")]
 
 
+def package_names(commands):
+    return {re.split(r"[<>=@ ]", package)[0].lower() for command in commands for package in packages_named(command)}
+
+
+@pytest.mark.parametrize("host", ["colab", "kaggle"])
 @pytest.mark.parametrize("version", [(3, 11), (3, 12), (3, 13)])
-def test_setup_cell_on_colab_installs_minicap_and_vit_keras(monkeypatch, version):
-    commands, _ = run_setup_cell(monkeypatch, on_colab=True, version_info=version + (0, "final", 0))
-    assert len(commands) == 3
+def test_setup_cell_on_colab_and_kaggle_installs_minicap_only(monkeypatch, version, host):
+    commands, _ = run_setup_cell(monkeypatch, on_colab=host == "colab", on_kaggle=host == "kaggle",
+                                 version_info=version + (0, "final", 0))
+    assert len(commands) == 2
     for command, kwargs in commands:
         assert command[:4] == [sys.executable, "-m", "pip", "install"]
         assert kwargs.get("check") is True
-        assert "--upgrade" not in command and "-U" not in command
-    minicap_install, dependencies, vit_install = (command for command, _ in commands)
+        assert not {"--upgrade", "-U", "--force-reinstall", "--ignore-installed", "-I"} & set(command)
+        assert "--ignore-requires-python" not in command  # nothing that declares it does not fit this Python
+    minicap_install, dependencies = (command for command, _ in commands)
     assert "--no-deps" in minicap_install
     assert packages_named(minicap_install) == ["minicap @ git+https://github.com/minicap-book/minicap@main"]
-    assert packages_named(dependencies) == ["numpy", "matplotlib", "pillow", "tqdm", "validators"]
-    assert "--no-deps" in vit_install
-    assert packages_named(vit_install) == ["vit-keras==0.2.0"]
+    assert packages_named(dependencies) == ["numpy", "matplotlib", "pillow", "tqdm"]
+    # TensorFlow, Keras and JAX, which Colab and Kaggle have, are neither named nor pulled in as dependencies.
+    assert package_names(command for command, _ in commands) == {"minicap", "numpy", "matplotlib", "pillow", "tqdm"}
+
+
+@pytest.mark.parametrize("version", [(3, 11), (3, 12), (3, 13)])
+def test_setup_cell_installs_vit_keras_when_asked(monkeypatch, version):
+    commands, _ = run_setup_cell(monkeypatch, on_colab=True, version_info=version + (0, "final", 0),
+                                 with_vit_keras=True)
+    assert len(commands) == 3
+    vit_install = commands[2][0]
+    assert "--no-deps" in vit_install and not {"--upgrade", "-U"} & set(vit_install)
+    assert packages_named(vit_install) == ["vit-keras==0.2.0", "validators"]
     assert ("--ignore-requires-python" in vit_install) == (version >= (3, 12))
-    # TensorFlow and Keras, which Colab has, are neither named nor pulled in as dependencies.
-    named = {re.split(r"[<>=@ ]", package)[0].lower() for command, _ in commands for package in packages_named(command)}
-    assert named == {"minicap", "numpy", "matplotlib", "pillow", "tqdm", "validators", "vit-keras"}
+    assert package_names(command for command, _ in commands) == {"minicap", "numpy", "matplotlib", "pillow", "tqdm",
+                                                                 "vit-keras", "validators"}
 
 
 def test_setup_cell_function_matches_what_the_cell_runs(monkeypatch):
-    commands, namespace = run_setup_cell(monkeypatch, on_colab=True, version_info=(3, 12, 1, "final", 0))
-    assert [command for command, _ in commands] == namespace["colab_pip_commands"]((3, 12), True)
-    assert namespace["colab_pip_commands"]((3, 12), True) != namespace["colab_pip_commands"]((3, 11), True)
+    commands, namespace = run_setup_cell(monkeypatch, on_colab=True, version_info=(3, 12, 1, "final", 0),
+                                         with_vit_keras=True)
+    assert [command for command, _ in commands] == namespace["pip_commands"]((3, 12), True, True)
+    assert namespace["pip_commands"]((3, 12), True, True) != namespace["pip_commands"]((3, 11), True, True)
+    assert namespace["pip_commands"]((3, 13), True) == namespace["pip_commands"]((3, 13), True, True)[:2]
 
 
 @pytest.mark.parametrize("version", [(3, 11), (3, 13)])
-def test_setup_cell_installs_nothing_off_colab(monkeypatch, version):
-    commands, namespace = run_setup_cell(monkeypatch, on_colab=False, version_info=version + (0, "final", 0))
+def test_setup_cell_installs_nothing_off_colab_and_kaggle(monkeypatch, version):
+    commands, namespace = run_setup_cell(monkeypatch, on_colab=False, version_info=version + (0, "final", 0),
+                                         with_vit_keras=True)
     assert commands == []
-    assert namespace["colab_pip_commands"](version, False) == []
+    assert namespace["pip_commands"](version, False, True) == []
 
 
 def test_setup_cell_uses_the_standard_library_only():
@@ -185,3 +214,98 @@ def test_sync_rejects_a_notebook_without_title_and_setup_cells(tmp_path):
         colab.sync_notebooks(tmp_path)
     with pytest.raises(FileNotFoundError, match="book_dir"):
         colab.sync_notebooks(tmp_path / "missing")
+
+
+# What the setup cell resolves to on Colab's runtimes, against PyPI (network: the registry only).
+# Colab's runtimes, from googlecolab/backend-info (os-info.txt, pip-freeze.txt): the default since 2026-08-19
+# (Python 3.13.15, commit a724079) and the previous one, "2026.07" (Python 3.12.13, commit ec53f93), which a
+# notebook can still choose. Kaggle's notebook image is a Colab image of Python 3.12 whose TensorFlow, Keras and
+# JAX it keeps (Kaggle/docker-python, Dockerfile.tmpl). The versions are those of the packages the cell's
+# commands name, of their dependencies, and of the frameworks they must leave alone.
+COLAB_RUNTIMES = {
+    (3, 13): ("numpy==2.1.3 matplotlib==3.10.0 pillow==11.3.0 tqdm==4.67.3 contourpy==1.3.3 cycler==0.12.1 "
+              "fonttools==4.63.0 kiwisolver==1.5.0 packaging==26.3 pyparsing==3.3.2 python-dateutil==2.9.0.post0 "
+              "six==1.17.0 tensorflow==2.20.0 keras==3.13.2 jax==0.7.2 jaxlib==0.7.2 ml-dtypes==0.6.0"),
+    (3, 12): ("numpy==2.0.2 matplotlib==3.10.0 pillow==11.3.0 tqdm==4.67.3 contourpy==1.3.3 cycler==0.12.1 "
+              "fonttools==4.63.0 kiwisolver==1.5.0 packaging==26.2 pyparsing==3.3.2 python-dateutil==2.9.0.post0 "
+              "six==1.17.0 tensorflow==2.20.0 keras==3.13.2 jax==0.7.2 jaxlib==0.7.2 ml-dtypes==0.5.4"),
+}
+# What the cell must never install, upgrade or replace.
+FRAMEWORKS = {"tensorflow", "keras", "jax", "jaxlib", "tf-keras", "ml-dtypes", "torch"}
+# Colab's machines run Ubuntu 22.04 (glibc 2.35): wheels for manylinux 2.35 and older, or pure Python ones.
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(35, 4, -1)] + [
+    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+
+
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def dry_run(arguments, version, folder, constraints=None):
+    """``pip install --dry-run`` of ``arguments`` for CPython ``version`` on Colab's platform, wheels only;
+    return ``(completed process, {canonical name: version})`` of what pip would install."""
+    report = folder / "report.json"
+    report.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--disable-pip-version-check",
+               "--report", str(report), "--python-version", ".".join(map(str, version)),
+               "--only-binary=:all:", "--target", str(folder / "target")]
+    command += [option for platform in PLATFORMS for option in ("--platform", platform)]
+    command += ["--constraint", str(constraints)] if constraints else []
+    completed = subprocess.run(command + list(arguments), capture_output=True, text=True, timeout=600)
+    installed = {}
+    if completed.returncode == 0:
+        installed = {canonical(item["metadata"]["name"]): item["metadata"]["version"]
+                     for item in json.loads(report.read_text())["install"]}
+    return completed, installed
+
+
+@pytest.fixture(scope="module")
+def minicap_wheel(tmp_path_factory):
+    """A wheel of this checkout, as pip builds one on Colab from the repository (the cell's first line), for
+    the resolution to install in place of the GitHub address; skipped (failed under CI) without the registry."""
+    folder = tmp_path_factory.mktemp("resolve")
+    probe, _ = dry_run(["--no-deps", "keras==3.13.2"], (3, 13), folder)
+    if probe.returncode != 0:
+        unavailable(f"the package registry is not reachable: {probe.stderr.strip().splitlines()[-1:]}")
+    source = folder / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "minicap", source / "minicap", ignore=shutil.ignore_patterns("__pycache__"))
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(folder / "wheel"),
+                            str(source)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheels = list((folder / "wheel").glob("minicap-*.whl"))
+    assert len(wheels) == 1 and wheels[0].name.endswith("-py3-none-any.whl"), wheels  # pure Python: any CPython
+    return wheels[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", sorted(COLAB_RUNTIMES), ids=lambda v: "python%d.%d" % v)
+def test_setup_cell_resolves_on_colabs_pythons_with_wheels_only(monkeypatch, tmp_path, minicap_wheel, version):
+    """Each pip command of the cell (vit-keras's too) resolves for Colab's Python with binary wheels only, and
+    against Colab's installed versions: pip finds them all satisfied, so it installs nothing of the
+    dependencies and never touches TensorFlow, Keras or JAX."""
+    commands, _ = run_setup_cell(monkeypatch, on_colab=True, version_info=version + (0, "final", 0),
+                                 with_vit_keras=True)
+    monkeypatch.undo()  # the real subprocess.run again
+    colab_versions = dict(pin.split("==") for pin in COLAB_RUNTIMES[version].split())
+    constraints = tmp_path / "colab.txt"
+    constraints.write_text("\n".join(f"{name}=={number}" for name, number in colab_versions.items()) + "\n")
+    resolved = []
+    for command, _ in commands:
+        arguments = [str(minicap_wheel) if argument.startswith("minicap @ git+") else argument
+                     for argument in command[4:] if argument != "-q"]
+        completed, installed = dry_run(arguments, version, tmp_path, constraints)
+        assert completed.returncode == 0, f"{arguments} on Python {version}:\n{completed.stderr[-3000:]}"
+        assert not set(installed) & FRAMEWORKS, installed
+        named = {canonical(re.split(r"[<>=@ ]", package)[0]) for package in packages_named(command)}
+        if "--no-deps" in arguments:
+            assert set(installed) == named, installed  # exactly what it names, nothing else
+        else:  # the dependencies: all on Colab already, at the versions Colab has
+            assert named <= set(installed)
+            assert set(installed) <= set(colab_versions), f"not on Colab: {set(installed) - set(colab_versions)}"
+            assert installed == {name: colab_versions[name] for name in installed}, installed
+        resolved.append(installed)
+    assert resolved[0] == {"minicap": "0.1.0"} and resolved[2]["vit-keras"] == "0.2.0"

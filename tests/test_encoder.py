@@ -104,6 +104,7 @@ def test_pretrained_backbone_without_vit_keras_says_how_to_install(monkeypatch):
     with pytest.raises(ImportError, match="--ignore-requires-python vit-keras==0.2.0") as error:
         ViTBackbone(image_size=32, variant="vit-b32")
     assert "opencv-python-headless validators" in str(error.value)
+    assert "vit_implementation='minicap', the default" in str(error.value)  # the way without vit-keras
     assert "pip install --no-deps --ignore-requires-python" in VIT_INSTALL_HINT
 
 
@@ -116,15 +117,17 @@ def test_backbone_rejects_unknown_variant():
 SMALL_VIT = dict(variant=None, patch_size=8, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32)
 
 
-def _write_official_weights(path, vit_model, heads):
-    return write_vit_weights(path, vit_model, heads)
+def _write_official_weights(path, grid):
+    """A stand-in official file for SMALL_VIT at ``grid x grid`` patches (see tests/photo_stand_ins.py)."""
+    architecture = {key: value for key, value in SMALL_VIT.items() if key != "variant"}
+    return write_vit_weights(path, grid=grid, **architecture)
 
 
 def test_backbone_loads_official_weights_and_returns_patch_tokens(tmp_path):
     require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
     backbone = ViTBackbone(image_size=32, **SMALL_VIT)
     path = tmp_path / "ViT-small.npz"
-    arrays = _write_official_weights(path, backbone.vit, heads=2)
+    arrays = _write_official_weights(path, grid=4)
     backbone.load_weights_from(str(path))
     for weight in backbone.vit.weights:  # every ViT weight comes from the file
         np.testing.assert_array_equal(ops.convert_to_numpy(weight),
@@ -159,17 +162,20 @@ def test_backbone_weight_errors(tmp_path):
         backbone.load_weights_from(str(tmp_path / "missing.npz"))
     with pytest.raises(ValueError, match="must be one of"):
         backbone.load_weights_from("imagenet")
-    with pytest.raises(ValueError, match="variant=None"):
+    with pytest.raises(ValueError, match="got variant None: give the path of a .npz file"):
         backbone.load_weights_from("imagenet21k")
+    path = tmp_path / "small.npz"
+    _write_official_weights(path, grid=2)
+    with pytest.raises(ValueError, match="checksum mismatch for .*small.npz"):
+        backbone.load_weights_from(str(path), file_hash="sha256:" + "0" * 64)
 
 
 def test_backbone_resizes_position_embeddings_to_its_image_size(tmp_path):
     # Pretrained files hold position embeddings for their own grid (ViT-B/16: 24x24 at 384 pixels);
     # loading into another image size interpolates the grid and keeps the class token's embedding.
     require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
-    source = ViTBackbone(image_size=32, **SMALL_VIT)  # a 4x4 grid
     path = tmp_path / "ViT-small.npz"
-    arrays = _write_official_weights(path, source.vit, heads=2)
+    arrays = _write_official_weights(path, grid=4)  # for 32-pixel images
     backbone = ViTBackbone(image_size=16, **SMALL_VIT)  # a 2x2 grid
     with pytest.warns(UserWarning, match="Resizing position embeddings from 4, 4 to 2, 2"):
         backbone.load_weights_from(str(path))

@@ -50,6 +50,9 @@ def test_config_json_round_trip(tmp_path):
     (dict(backbone="vit-b16", patch_stem="colour-shape"), "need the scratch encoder"),
     (dict(backbone="vit-b16", output_positions=True), "need the scratch encoder"),
     (dict(model_dim=18, num_heads=2, output_positions=True), "output_positions needs an encoder width divisible by 4"),
+    (dict(backbone="vit-b32", vit_implementation="keras-hub"),
+     r"vit_implementation 'keras-hub' is not one of \['minicap', 'vit-keras'\]"),
+    (dict(backbone="vit-b32", backbone_weights_hash="sha1:abc"), "backbone_weights_hash: file_hash must be"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -135,23 +138,63 @@ def test_model_rejects_bad_inputs():
         CaptionModel("config.json")
 
 
-def test_pretrained_backbone_without_vit_keras_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vit_keras", None)
+def test_the_default_vit_is_minicaps_and_vit_keras_is_one_setting_away(monkeypatch):
+    from minicap.encoder import ViTBackbone
+    from minicap.vit import PretrainedViT
+
+    monkeypatch.setitem(sys.modules, "vit_keras", None)  # makes `import vit_keras` fail
+    config = _config(backbone="vit-b32", backbone_weights=None)
+    assert config.vit_implementation == "minicap"
+    assert isinstance(CaptionModel(config).encoder, PretrainedViT)  # needs no vit-keras
     with pytest.raises(ImportError, match="pip install --no-deps --ignore-requires-python vit-keras==0.2.0"):
-        CaptionModel(_config(backbone="vit-b32", backbone_weights=None))
+        CaptionModel(_config(backbone="vit-b32", backbone_weights=None, vit_implementation="vit-keras"))
+    monkeypatch.delitem(sys.modules, "vit_keras")
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    model = CaptionModel(_config(backbone="vit-b32", backbone_weights=None, vit_implementation="vit-keras"))
+    assert isinstance(model.encoder, ViTBackbone)
 
 
 @pytest.mark.slow
-def test_pretrained_weights_load_on_creation_but_not_from_config(tmp_path):
+@pytest.mark.parametrize("implementation", ["minicap", "vit-keras"])
+def test_pretrained_weights_load_on_creation_but_not_from_config(tmp_path, implementation):
     # A new model loads `backbone_weights`; one rebuilt from its config (as load_model does) does not,
     # so that loading a saved model never downloads: its weights come from the .keras file.
-    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
-    config = _config(backbone="vit-b32", backbone_weights=str(tmp_path / "ViT-B_32.npz"))
+    if implementation == "vit-keras":
+        require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    config = _config(backbone="vit-b32", backbone_weights=str(tmp_path / "ViT-B_32.npz"),
+                     vit_implementation=implementation)
     rebuilt = CaptionModel.from_config({"config": config.to_dict(), "name": "rebuilt", "trainable": True})
     assert rebuilt.config == config and rebuilt.encoder.num_patches == 1  # 32x32 images, 32x32 patches
-    assert len(rebuilt.trainable_weights) == len(rebuilt.weights) - len(rebuilt.encoder.vit.weights)  # frozen
+    assert len(rebuilt.trainable_weights) == len(rebuilt.weights) - len(rebuilt.encoder.weights)  # frozen
     with pytest.raises(FileNotFoundError, match="ViT-B_32.npz"):
         CaptionModel(config)
+
+
+@pytest.mark.slow
+def test_a_model_saved_before_the_native_vit_loads_with_vit_keras(tmp_path):
+    # Models saved before CaptionConfig.vit_implementation existed hold vit-keras's ViT, and their config
+    # has no such field: they load as vit-keras models, with their weights.
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    import zipfile
+
+    from minicap.encoder import ViTBackbone
+
+    model = CaptionModel(_config(backbone="vit-b32", backbone_weights=None, vit_implementation="vit-keras"))
+    model.save(tmp_path / "new.keras")
+    with zipfile.ZipFile(tmp_path / "new.keras") as new, zipfile.ZipFile(tmp_path / "old.keras", "w") as old:
+        for item in new.infolist():
+            data = new.read(item)
+            if item.filename == "config.json":
+                saved = json.loads(data)
+                del saved["config"]["config"]["vit_implementation"]
+                del saved["config"]["config"]["backbone_weights_hash"]
+                data = json.dumps(saved).encode()
+            old.writestr(item, data)
+    loaded = keras.models.load_model(tmp_path / "old.keras", safe_mode=True)
+    assert isinstance(loaded.encoder, ViTBackbone) and loaded.config.vit_implementation == "vit-keras"
+    images, tokens = _batch(batch=2)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded((images, tokens))),
+                               ops.convert_to_numpy(model((images, tokens))), atol=1e-5)
 
 
 def test_encoder_sizes_default_to_the_decoders_and_old_configs_still_load():
@@ -216,11 +259,14 @@ def test_colour_shape_model_with_output_positions_saves_and_loads(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrained_backbone_trains_on_cached_features_and_saves_with_the_backbone(tmp_path):
+@pytest.mark.parametrize("implementation", ["minicap", "vit-keras"])
+def test_pretrained_backbone_trains_on_cached_features_and_saves_with_the_backbone(tmp_path, implementation):
     """A frozen ViT-B/32's features, computed once, stand in for the images: same logits; a fit step on
     features trains the projection and decoder and leaves the ViT alone; the saved model captions images."""
-    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
-    config = _config(backbone="vit-b32", image_size=64, backbone_weights=None, dropout=0.0)
+    if implementation == "vit-keras":
+        require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    config = _config(backbone="vit-b32", image_size=64, backbone_weights=None, dropout=0.0,
+                     vit_implementation=implementation)
     assert (config.num_patches, config.feature_dim) == (4, 768)
     model = CaptionModel(config)
     assert model.encoder_projection is not None  # 768 -> 32, the article's Dense projection
@@ -232,14 +278,15 @@ def test_pretrained_backbone_trains_on_cached_features_and_saves_with_the_backbo
     from_features = ops.convert_to_numpy(model((features.astype("float16"), tokens)))
     np.testing.assert_allclose(from_features, from_images, atol=2e-2)  # float16 storage of the features
     np.testing.assert_allclose(ops.convert_to_numpy(model((features, tokens))), from_images, atol=1e-4)
-    vit_before = [ops.convert_to_numpy(w).copy() for w in model.encoder.vit.weights]
+    vit_before = [ops.convert_to_numpy(w).copy() for w in model.encoder.weights]
     projection_before = ops.convert_to_numpy(model.encoder_projection.kernel).copy()
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit((features, tokens), tokens, epochs=1, batch_size=2, verbose=0)
-    assert all(np.array_equal(a, ops.convert_to_numpy(b)) for a, b in zip(vit_before, model.encoder.vit.weights))
+    assert all(np.array_equal(a, ops.convert_to_numpy(b)) for a, b in zip(vit_before, model.encoder.weights))
     assert not np.allclose(projection_before, ops.convert_to_numpy(model.encoder_projection.kernel))
     model.save(tmp_path / "photos.keras")
     loaded = keras.models.load_model(tmp_path / "photos.keras", safe_mode=True)
+    assert type(loaded.encoder) is type(model.encoder) and loaded.config == config
     np.testing.assert_allclose(ops.convert_to_numpy(loaded((images, tokens))),
                                ops.convert_to_numpy(model((images, tokens))), atol=1e-4)
     with pytest.raises(ValueError, match=r"features of shape \(batch, 4, 768\)"):

@@ -5,8 +5,9 @@ rendered book reuses those executions (tests/notebook_cache.py). The papermill r
 not, so that no execution repeats another:
 
 - chapters 1-4 on the JAX backend (the GPU machine's backend, which has no TensorFlow);
-- chapters 5 and 6 with ``PROFILE = "photos"``: the article's pretrained ViT-B/32, Flickr8k downloaded from
-  127.0.0.1, features cached, a decoder trained, then captioning, against the offline stand-ins of
+- chapters 5 and 6 with ``PROFILE = "photos"``: the article's pretrained ViT-B/32 (minicap's own, its weights
+  downloaded from a mirror on 127.0.0.1), Flickr8k downloaded from 127.0.0.1, features cached, a decoder
+  trained, then captioning, against the offline stand-ins of
   tests/photo_stand_ins.py (what a Colab reader runs must not crash). Chapter 5 trains on JAX (the GPU
   machine's backend) and chapter 6 captions with that model on TensorFlow (Colab's): each chapter runs once
   with photos, and a model saved on one backend is shown to caption on the other. (The photos path on
@@ -122,16 +123,17 @@ def test_chapters_one_to_four_execute_on_jax(path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def photos_data(tmp_path_factory):
-    """Flickr8k stand-in archives served on 127.0.0.1 and ViT-B/32 stand-in weights in a KERAS_HOME."""
-    require("vit_keras")
-    from photo_stand_ins import SMALL_PHOTOS, install_vit_weights, serve, write_flickr8k
+    """Flickr8k stand-in archives and a ViT-B/32 stand-in weights file served on 127.0.0.1 (the ViT file as
+    ``$MINICAP_VIT_MIRROR``), and an empty KERAS_HOME for the weights to be downloaded into."""
+    from photo_stand_ins import SMALL_PHOTOS, serve, write_flickr8k, write_vit_b_weights
 
     root = tmp_path_factory.mktemp("photos")
     digests, _ = write_flickr8k(root / "mirror")
-    install_vit_weights(root / "keras_home")
+    vit_digest = write_vit_b_weights(root / "mirror" / "ViT-B_32_imagenet21k+imagenet2012.npz")
     with serve(root / "mirror") as url:
-        yield {"keras_home": root / "keras_home", "data_dir": root / "data",
-               "settings": {**SMALL_PHOTOS, "data_url": url, "data_hashes": digests}}
+        yield {"keras_home": root / "keras_home", "data_dir": root / "data", "mirror": url,
+               "settings": {**SMALL_PHOTOS, "data_url": url, "data_hashes": digests,
+                            "backbone_weights_hash": vit_digest}}
 
 
 @pytest.mark.notebook
@@ -140,6 +142,7 @@ def test_chapters_five_and_six_run_the_photos_profile(photos_data, monkeypatch):
     require("jax")
     require("tensorflow")
     monkeypatch.setenv("KERAS_HOME", str(photos_data["keras_home"]))
+    monkeypatch.setenv("MINICAP_VIT_MIRROR", photos_data["mirror"])
     settings = {**photos_data["settings"], "data_dir": str(photos_data["data_dir"])}
     run_dir = "runs/photos-stand-ins"  # relative to book/, as the chapters' own runs are
     common = {"PROFILE": "photos", "RUN_DIR": run_dir, "SETTINGS": settings, "NUM_EVAL": 4}
@@ -147,6 +150,8 @@ def test_chapters_five_and_six_run_the_photos_profile(photos_data, monkeypatch):
     printed = _printed(trained)
     assert "on jax" in printed and "vit-b32" in printed and "float16" in printed  # the backbone, its cached features
     assert (BOOK / run_dir / "model.keras").exists()
+    assert json.loads((BOOK / run_dir / "config.json").read_text())["vit_implementation"] == "minicap"
+    assert (photos_data["keras_home"] / "weights" / "ViT-B_32_imagenet21k+imagenet2012.npz").exists()  # downloaded
     captioned = _execute(BOOK / "06_captioning.ipynb", "tensorflow", {**common, "BEAM_WIDTH": 2}, monkeypatch)
     assert "on tensorflow" in _printed(captioned)  # the JAX-trained model, loaded and captioning on TensorFlow
     outputs = [o for c in captioned["cells"] for o in c.get("outputs", [])]

@@ -1,8 +1,9 @@
 """The photos path end to end, offline: ``minicap train --profile photos`` downloads Flickr8k (stand-in
-archives served from 127.0.0.1), verifies and extracts them, loads the "pretrained" ViT-B/32 (stand-in
-weights where vit-keras looks), computes and caches the frozen backbone's features, trains, is killed
-with SIGKILL at points the test chooses, resumes to the same end, and ``minicap caption`` /
-``minicap evaluate`` work on the result; the same for a folder of the reader's own photos.
+archives served from 127.0.0.1) and the "pretrained" ViT-B/32 weights (a stand-in official file on the
+same server, as ``$MINICAP_VIT_MIRROR``), verifies and extracts them, loads the weights into minicap's own
+ViT, computes and caches the frozen backbone's features, trains, is killed with SIGKILL at points the test
+chooses, resumes to the same end, and ``minicap caption`` / ``minicap evaluate`` work on the result; the
+same for a folder of the reader's own photos, there with the article's vit-keras implementation.
 """
 import json
 import os
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import require
-from photo_stand_ins import SMALL_PHOTOS, install_vit_weights, serve, write_caption_folder, write_flickr8k
+from photo_stand_ins import (SMALL_PHOTOS, install_vit_weights, serve, write_caption_folder, write_flickr8k,
+                             write_vit_b_weights)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,16 +56,24 @@ sys.exit(cli.main(sys.argv[3:]))
 SMALL = {**SMALL_PHOTOS, "checkpoint_every": 2, "dropout": 0.0}
 
 
+VIT_FILE = "ViT-B_32_imagenet21k+imagenet2012.npz"
+
+
 @pytest.fixture(scope="module")
 def keras_home(tmp_path_factory):
-    require("vit_keras")
+    """A KERAS_HOME whose weights cache already holds the stand-in ViT-B/32 file."""
     home = tmp_path_factory.mktemp("keras_home")
     install_vit_weights(home)
     return home
 
 
-def minicap(keras_home, *args, kill=("none", 0)):
+def minicap(keras_home, *args, kill=("none", 0), mirror=None, backend=None):
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    env.pop("MINICAP_VIT_MIRROR", None)
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    if mirror:
+        env["MINICAP_VIT_MIRROR"] = mirror
     return subprocess.run([sys.executable, "-c", DRIVER, kill[0], str(kill[1]), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=900)
 
@@ -77,14 +87,18 @@ def feature_caches(data_dir):
 
 
 @pytest.mark.slow
-def test_photos_profile_downloads_trains_resumes_after_sigkill_and_captions(tmp_path, keras_home):
+def test_photos_profile_downloads_trains_resumes_after_sigkill_and_captions(tmp_path):
     digests, names = write_flickr8k(tmp_path / "mirror")
+    vit_digest = write_vit_b_weights(tmp_path / "mirror" / VIT_FILE)
+    keras_home = tmp_path / "keras_home"  # empty: the ViT weights are downloaded from the mirror
     data_dir, run, whole = tmp_path / "data", tmp_path / "run", tmp_path / "whole"
     with serve(tmp_path / "mirror") as url:
-        train = ["train", "--profile", "photos", "--data-dir", data_dir, *settings(data_url=url, data_hashes=digests)]
-        killed = minicap(keras_home, *train, "-o", run, kill=("features", 2))
+        train = ["train", "--profile", "photos", "--data-dir", data_dir,
+                 *settings(data_url=url, data_hashes=digests, backbone_weights_hash=vit_digest)]
+        killed = minicap(keras_home, *train, "-o", run, kill=("features", 2), mirror=url)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         assert (data_dir / "flickr8k" / "downloads" / "Flickr8k_Dataset.zip").exists()  # downloaded and verified
+        assert (keras_home / "weights" / VIT_FILE).exists()  # the ViT weights too, from the mirror
         assert not (run / "model.keras").exists()
         assert not any(cache.get("complete") for cache in feature_caches(data_dir))  # never reads as complete
 
@@ -107,6 +121,7 @@ def test_photos_profile_downloads_trains_resumes_after_sigkill_and_captions(tmp_
         assert history["epochs"][-1]["val_loss"] == pytest.approx(expected["epochs"][-1]["val_loss"], rel=1e-5)
         config = json.loads((run / "config.json").read_text())
         assert (config["backbone"], config["model_dim"], config["num_heads"]) == ("vit-b32", 256, 4)
+        assert config["vit_implementation"] == "minicap"  # the default: minicap's own ViT
         assert not (run / "checkpoints").exists()
 
         # The saved model holds the backbone: a new photo is captioned from its pixels, no cache involved.
@@ -114,10 +129,12 @@ def test_photos_profile_downloads_trains_resumes_after_sigkill_and_captions(tmp_
         from PIL import Image
 
         Image.new("RGB", (300, 200), (200, 40, 40)).save(photo)
-        captioned = minicap(keras_home, "caption", photo, "--model", run / "model.keras", "--beam", 3)
-        assert captioned.returncode == 0, captioned.stderr[-2000:]
-        path, caption = captioned.stdout.strip().splitlines()[-1].split("\t")
-        assert path == str(photo) and caption.split()
+        for backend in ("tensorflow", "jax"):  # minicap's ViT runs on either
+            captioned = minicap(keras_home, "caption", photo, "--model", run / "model.keras", "--beam", 3,
+                                backend=backend)
+            assert captioned.returncode == 0, captioned.stderr[-2000:]
+            path, caption = captioned.stdout.strip().splitlines()[-1].split("\t")
+            assert path == str(photo) and caption.split()
 
         evaluated = minicap(keras_home, "evaluate", "--model", run / "model.keras", "--dataset", "flickr8k", "--json")
         assert evaluated.returncode == 0, evaluated.stderr[-2000:]
@@ -128,14 +145,16 @@ def test_photos_profile_downloads_trains_resumes_after_sigkill_and_captions(tmp_
 
 
 @pytest.mark.slow
-def test_a_folder_of_own_photos_trains_and_evaluates(tmp_path, keras_home):
+def test_a_folder_of_own_photos_trains_and_evaluates_with_vit_keras(tmp_path, keras_home):
+    # Also the article's vit-keras implementation, one setting away, loading the same file from the weights cache.
+    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
     folder = write_caption_folder(tmp_path / "my photos", count=12, layout="kaggle")
     run = tmp_path / "run"
     trained = minicap(keras_home, "train", "--profile", "photos", "--dataset", folder, "--data-dir", tmp_path / "data",
-                      "-o", run, *settings())
+                      "-o", run, *settings(vit_implementation="vit-keras"))
     assert trained.returncode == 0, trained.stderr[-3000:]
     saved = json.loads((run / "train_config.json").read_text())
-    assert saved["dataset"] == str(folder)
+    assert saved["dataset"] == str(folder) and saved["model"]["vit_implementation"] == "vit-keras"
     evaluated = minicap(keras_home, "evaluate", "--model", run / "model.keras", "--dataset", folder, "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     metrics = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])

@@ -12,6 +12,8 @@ import tarfile
 import urllib.request
 import zipfile
 
+from tqdm.auto import tqdm
+
 # Replaced in tests (or by a proxy-aware opener); any callable like urllib.request.urlopen works.
 urlopen = urllib.request.urlopen
 _CHUNK = 1 << 20
@@ -25,7 +27,7 @@ def default_cache_dir():
     return os.path.join(keras_home, "datasets", "minicap")
 
 
-def _parse_hash(file_hash):
+def parse_hash(file_hash):
     """``(algorithm, hex digest)`` from ``"sha256:..."``, ``"md5:..."`` or a bare hex digest."""
     if file_hash is None:
         return None
@@ -47,7 +49,7 @@ def file_digest(path, algorithm="sha256"):
     return digest.hexdigest()
 
 
-def fetch(url, cache_dir=None, file_name=None, file_hash=None):
+def fetch(url, cache_dir=None, file_name=None, file_hash=None, progress=False):
     """Return the path of ``url``'s file in ``cache_dir``, downloading it if needed.
 
     Args:
@@ -57,12 +59,13 @@ def fetch(url, cache_dir=None, file_name=None, file_hash=None):
         file_hash: the expected ``"sha256:..."`` or ``"md5:..."`` digest. Without one, the
             SHA-256 of the first complete download is recorded next to the file (``.sha256``)
             and later calls check the cached file against it.
+        progress: show a progress bar while downloading (bytes received of the announced size).
 
     Raises:
         ValueError: the download is incomplete or its checksum does not match; the partial
             file has been deleted, so calling again downloads it again.
     """
-    expected = _parse_hash(file_hash)
+    expected = parse_hash(file_hash)
     cache_dir = os.fspath(cache_dir or default_cache_dir())
     file_name = file_name or os.path.basename(urllib.request.urlparse(url).path)
     if not file_name:
@@ -81,7 +84,7 @@ def fetch(url, cache_dir=None, file_name=None, file_hash=None):
         os.remove(path)  # a cached file that no longer matches is never used
     partial = path + ".partial"
     try:
-        _download(url, partial)
+        _download(url, partial, progress=progress)
         if expected is not None:
             actual = file_digest(partial, expected[0])
             if actual != expected[1]:
@@ -100,14 +103,18 @@ def fetch(url, cache_dir=None, file_name=None, file_hash=None):
     return path
 
 
-def _download(url, destination):
+def _download(url, destination, progress=False):
     """Stream ``url`` to ``destination``; raise ValueError when fewer bytes arrive than announced."""
     received = 0
     with urlopen(url) as response, open(destination, "wb") as file:
         announced = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
-        for chunk in iter(lambda: response.read(_CHUNK), b""):
-            file.write(chunk)
-            received += len(chunk)
+        bar = tqdm(total=int(announced) if announced else None, unit="B", unit_scale=True, disable=not progress,
+                   desc=os.path.basename(urllib.request.urlparse(url).path) or url)
+        with bar:
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                file.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
     if announced is not None and received != int(announced):
         raise ValueError(
             f"interrupted download of {url}: received {received} of {announced} bytes; the partial file "
