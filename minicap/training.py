@@ -254,7 +254,7 @@ class EpochLog(keras.callbacks.Callback):
         logs = logs or {}
         width = len(str(self.epochs))
         parts = [f"epoch {epoch + 1:>{width}}/{self.epochs}"]
-        parts += [f"{key} {logs[key]:.3f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs]
-        parts.append(f"{time.perf_counter() - (self._start or time.perf_counter()):.0f} s")
-        self.print_function("  ".join(parts), flush=True)
+        parts += [f"{key}={logs[key]:.3f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs]
+        parts.append(f"{time.perf_counter() - (self._start or time.perf_counter()):.0f}s")
+        self.print_function(" ".join(parts), flush=True)
 

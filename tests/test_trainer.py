@@ -50,8 +50,8 @@ def test_train_saves_a_loadable_model_and_its_history(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
     for line, entry in zip(lines, json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]):
-        assert f"loss {entry['loss']:.3f}" in line and f"val_loss {entry['val_loss']:.3f}" in line
-        assert f"val_accuracy {entry['val_accuracy']:.3f}" in line
+        assert f" loss={entry['loss']:.3f}" in line and f"val_loss={entry['val_loss']:.3f}" in line
+        assert f"val_accuracy={entry['val_accuracy']:.3f}" in line
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert files == ["config.json", "history.json", "model.keras", "tokenizer.json", "train_config.json"]
     history = json.loads((tmp_path / "run" / "history.json").read_text())
