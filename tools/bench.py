@@ -1,107 +1,51 @@
 """``minicap bench``: how fast minicap trains and decodes, on this machine, in one command.
 
-Every figure comes from timings taken here, written to one JSON report and printed as a table:
+    python tools/bench.py --quick       # or `minicap bench --quick` in a clone of the repository
+
+Every figure comes from timings taken here, written to one JSON report and printed as a table
+(:mod:`bench_report`):
 
 1. **The quick profile's training step** with XLA on and off, on TensorFlow and JAX (each backend
    in a process of its own), and the **input pipeline's share** of that step
-   (:mod:`minicap.bench_train`); ``training.JIT_BY_BACKEND`` follows these numbers.
+   (:mod:`bench_train`); ``training.JIT_BY_BACKEND`` follows these numbers.
 2. **The feature cache**: the photos profile's frozen ViT-B/32 run at every step against its
-   features computed once (:mod:`minicap.bench_train`).
+   features computed once (:mod:`bench_train`).
 3. **minicap against stock Keras**: images per second and MFU of a training step, of the quick
-   profile's model and of ViT-B/32 (:mod:`minicap.bench_stock`).
-4. **Decoding**: captions per second, cached and naive greedy, beam search (:mod:`minicap.bench_stock`).
+   profile's model and of ViT-B/32 (:mod:`bench_stock`).
+4. **Decoding**: captions per second, cached and naive greedy, beam search (:mod:`bench_stock`).
 5. **Time to 95% faithfulness**: the quick profile trained by ``trainer.train`` until 95% of its
-   greedy captions of 300 validation scenes are faithful (:mod:`minicap.bench_train`).
+   greedy captions of 300 validation scenes are faithful (:mod:`bench_faithfulness`).
 
 ``--quick`` (the CI run) keeps every part small and leaves the ViT-B/32 ones out on a CPU. The peak
-FLOP/s behind MFU comes from ``--peak-tflops``, else from ``PEAK_TFLOPS`` by GPU name, else (a CPU)
-from a float32 matmul measured on this machine, and the JSON says which.
+FLOP/s behind MFU comes from ``--peak-tflops``, else from a table by GPU name, else (a CPU) from a
+float32 matmul measured on this machine (:mod:`bench_device`), and the JSON says which.
 """
+import argparse
 import datetime
-import math
+import importlib.util
+import json
 import os
-import platform
-import time
+import sys
+from pathlib import Path
 
-import keras
-import numpy as np
-from keras import ops
+if __name__ == "__main__":  # run as a script: the minicap of this checkout, and quiet TensorFlow
+    sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from minicap.bench_stock import (VIT_B32_BATCH_SIZES, bench_decoding, bench_pipeline, bench_training, quick_config,
-                                 vit_b32_config)
-from minicap.training import resolve_jit_compile
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
-# Dense bfloat16 peak of common GPUs, in TFLOP/s (float16 for the T4, which has no fast bfloat16).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
-
-# ---------------------------------------------------------------------------------------------
-# Device, precision and peak
-# ---------------------------------------------------------------------------------------------
-
-def device_info():
-    """``{"kind": "gpu" | "cpu", "name": ...}`` of the device the backend computes on."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        device = jax.devices()[0]
-        kind = "gpu" if device.platform in ("gpu", "cuda", "rocm") else device.platform
-        return {"kind": kind, "name": getattr(device, "device_kind", str(device))}
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            return {"kind": "gpu", "name": tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")}
-    if backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            return {"kind": "gpu", "name": torch.cuda.get_device_name(0)}
-    return {"kind": "cpu", "name": platform.processor() or platform.machine() or "CPU",
-            "cores": os.cpu_count()}
-
-
-def resolve_policy(precision, device):
-    """The dtype policy for ``precision``: "float32", "mixed" (bfloat16, or float16 on pre-Ampere
-    GPUs) or "auto" (mixed on a GPU, float32 on a CPU, where bfloat16 matmuls are rarely faster)."""
-    from minicap.trainer import mixed_precision_dtype
-
-    if precision not in ("auto", "float32", "mixed"):
-        raise ValueError(f"precision must be 'auto', 'float32' or 'mixed', got {precision!r}")
-    if precision == "auto":
-        precision = "mixed" if device["kind"] == "gpu" else "float32"
-    return "mixed_" + mixed_precision_dtype() if precision == "mixed" else "float32"
-
-
-def measure_matmul_flops(size=2048, repeats=5, dtype="float32"):
-    """The best FLOP/s of a ``size`` × ``size`` matmul on this device (the CPU fallback peak)."""
-    a = keras.random.normal((size, size), dtype=dtype, seed=0)
-    b = keras.random.normal((size, size), dtype=dtype, seed=1)
-    ops.convert_to_numpy(ops.matmul(a, b)[0, 0])  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ops.convert_to_numpy(ops.matmul(a, b)[0, 0])
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
-
-
-def peak_flops(device, peak_tflops=None, policy="float32"):
-    """``(FLOP/s, source)``: ``peak_tflops`` if given, the table's entry for a known GPU, else measured."""
-    if peak_tflops is not None:
-        if peak_tflops <= 0:
-            raise ValueError(f"peak_tflops must be positive, got {peak_tflops}")
-        return peak_tflops * 1e12, "given (--peak-tflops)"
-    if device["kind"] == "gpu":
-        for name, tflops in PEAK_TFLOPS.items():
-            if name in device["name"].upper():
-                return tflops * 1e12, f"table: {name} dense 16-bit peak"
-    dtype = policy.replace("mixed_", "")
-    source = (f"measured: best {dtype} 2048x2048 matmul on this {device['kind']}, before and after the "
-              f"timings (a lower bound of its peak)")
-    return measure_matmul_flops(dtype=dtype), source
-
+import bench_faithfulness  # noqa: E402
+import bench_train  # noqa: E402
+from bench_device import device_info, peak_flops, resolve_policy  # noqa: E402
+from bench_report import format_table, training_step_summary  # noqa: E402
+from bench_stock import (VIT_B32_BATCH_SIZES, bench_decoding, bench_pipeline, bench_training,  # noqa: E402
+                         quick_config, vit_b32_config)
+from minicap.cli import UserError, parse_overrides  # noqa: E402
+from minicap.data.shapes import make_shapes  # noqa: E402
+from minicap.text import Tokenizer  # noqa: E402
+from minicap.trainer import profile  # noqa: E402
+from minicap.training import resolve_jit_compile  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # The whole run
@@ -142,13 +86,6 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         ``records`` (one dict per figure, each naming its ``backend`` and, for training, its ``jit_compile``)
         and ``skipped`` (the figures left out, and why).
     """
-    import importlib.util
-
-    from minicap import bench_train
-    from minicap.data.shapes import make_shapes
-    from minicap.text import Tokenizer
-    from minicap.trainer import profile
-
     for name, value in (("steps", steps), ("repeats", repeats), ("decode_batch", decode_batch),
                         ("faithfulness_every", faithfulness_every)):
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -250,7 +187,7 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
                               max_seconds=faithfulness_budget or 900)
             log(f"time to 95% faithfulness: quick profile, greedy captions of {target['num_scenes']} validation "
                 f"scenes every {target['every']} steps (minutes)")
-            records.append({**bench_train.time_to_faithfulness(log=log, **target), "device": device["name"],
+            records.append({**bench_faithfulness.time_to_faithfulness(log=log, **target), "device": device["name"],
                             "peak_flops": peak})
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -265,104 +202,88 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
     }
 
 
-def _rows(records, figure):
-    return [record for record in records if record["figure"] == figure]
 
 
-def training_step_summary(records):
-    """The quick profile's median training step in milliseconds, for each backend and XLA setting that
-    ``records`` measured: ``{"tensorflow": {"xla": 50.6, "no_xla": 66.1}, "jax": {"xla": 88.0}}``."""
-    summary = {}
-    for record in _rows(records, "training_step"):
-        setting = "xla" if record["jit_compile"] else "no_xla"
-        summary.setdefault(record["backend"], {})[setting] = 1000 * record["seconds_per_step"]
-    return summary
+# ---------------------------------------------------------------------------------------------
+# The command line: `python tools/bench.py` and `minicap bench`, which hands its arguments here
+# ---------------------------------------------------------------------------------------------
+
+def _batch_sizes(text):
+    """``(8, 16)`` of ``"8,16"``; None for None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(item) for item in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise UserError(f"batch sizes must be positive integers separated by commas, got {text!r}")
+    return values
 
 
-def format_table(report):
-    """The report as plain text: one section per question."""
-    records = report["records"]
-    lines = [f"{report['backend']} on {report['device']['name']} ({report['device']['kind']}), "
-             f"{report['dtype_policy']}, peak {report['peak_flops'] / 1e12:.2f} TFLOP/s ({report['peak_source']}); "
-             f"load average {', '.join(f'{x:.1f}' for x in report['load_average'] or [])}"]
+def build_parser(prog="minicap bench"):
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Time training (XLA on/off per backend, input pipeline, feature cache, time to 95% "
+                               "faithfulness, vs stock Keras, MFU) and decoding; write JSON.")
+    parser.add_argument("--quick", action="store_true",
+                        help="the CI run: few steps, small batches, this backend and the default XLA setting only, "
+                             "two steps towards 95%% faithfulness; on a CPU no ViT-B/32 and no feature-cache "
+                             "comparison")
+    parser.add_argument("--output", "-o", default="bench.json", help="JSON file of the results (default: bench.json)")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto",
+                        help="auto: mixed bfloat16 on a GPU (float16 before Ampere), float32 on a CPU")
+    parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
+                        help="XLA for the stock-Keras comparison and the feature cache (auto: on for TensorFlow and "
+                             "JAX, off for PyTorch); the quick profile's step is timed with XLA on and off")
+    parser.add_argument("--backends", metavar="NAME,NAME",
+                        help="backends of the quick profile's step timings, others than KERAS_BACKEND in a "
+                             "subprocess each (default: tensorflow,jax; --quick: the current one)")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="override a setting of the quick profile, as minicap train --set (repeatable)")
+    parser.add_argument("--skip-feature-cache", action="store_true",
+                        help="leave out the photos profile on cached features vs images (about two minutes on a "
+                             "CPU; left out by --quick on a CPU)")
+    parser.add_argument("--skip-faithfulness", action="store_true",
+                        help="leave out the time to 95%% faithfulness (trains the quick profile: minutes)")
+    parser.add_argument("--faithfulness-every", type=int, metavar="STEPS",
+                        help="steps between faithfulness evaluations (default: 250; --quick: 1)")
+    parser.add_argument("--faithfulness-budget", type=float, metavar="SECONDS",
+                        help="most training seconds spent reaching 95%% faithfulness (default: 900)")
+    parser.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
+                        help="the device's peak for MFU (default: table of GPUs, or a measured CPU matmul)")
+    parser.add_argument("--batch-sizes", metavar="N,N", help="quick-profile training batch sizes (default: 64)")
+    parser.add_argument("--vit-batch-sizes", metavar="N,N",
+                        help="ViT-B/32 training batch sizes (default: 64,128,256 on a GPU, 4 on a CPU)")
+    parser.add_argument("--steps", type=int, help="timed steps per repeat (default: 10; --quick 3)")
+    parser.add_argument("--repeats", type=int, help="alternating repeats; medians are reported (default: 3)")
+    parser.add_argument("--decode-batch", type=int, help="captions per decoding run (default: 256; --quick 64)")
+    parser.add_argument("--skip-vit", action="store_true", help="leave out the ViT-B/32 configuration")
+    return parser
 
-    steps = _rows(records, "training_step")
-    if steps:
-        lines += ["", f"Quick profile's training step (model.fit over CaptionBatches, batch "
-                      f"{steps[0]['batch_size']}, {steps[0]['dtype_policy']}; median and best of "
-                      f"{steps[0]['repeats']} x {steps[0]['steps']} steps, the settings in alternation; "
-                      f"* = jit_compile=\"auto\")",
-                  f"{'backend':<12}{'xla':>5}{'':>2}{'ms/step':>10}{'best':>8}{'images/s':>10}{'vs default':>12}"]
-        for record in steps:
-            default = next((r for r in steps if r["backend"] == record["backend"] and r["default"]), record)
-            lines.append(f"{record['backend']:<12}{'on' if record['jit_compile'] else 'off':>5}"
-                         f"{'*' if record['default'] else '':>2}{1000 * record['seconds_per_step']:>10.1f}"
-                         f"{1000 * record['seconds_per_step_best']:>8.1f}{record['images_per_second']:>10.0f}"
-                         f"{record['seconds_per_step'] / default['seconds_per_step']:>11.2f}x")
 
-    pipelines = _rows(records, "input_pipeline")
-    if pipelines:
-        lines += ["", "Input pipeline (CaptionBatches[i]: pixels to float32, captions to tokens)",
-                  f"{'config':<9}{'backend':<12}{'batch':>6}{'ms/batch':>10}{'images/s':>10}{'share of a step':>17}"]
-        for record in pipelines:
-            share = (f"{100 * record['share_of_step']:.1f}% of {1000 * record['seconds_per_step']:.0f} ms"
-                     if "share_of_step" in record else "")
-            lines.append(f"{record['config']:<9}{record['backend']:<12}{record['batch_size']:>6}"
-                         f"{1000 * record['seconds_per_batch']:>10.2f}{record['images_per_second']:>10.0f}{share:>17}")
+def main(argv=None, prog="minicap bench"):
+    """Run the benchmarks that ``argv`` asks for, print the table, write the JSON; 2 for a bad setting."""
+    args = build_parser(prog).parse_args(argv)
+    try:
+        backends = [name.strip() for name in args.backends.split(",")] if args.backends else None
+        report = run(quick=args.quick, precision=args.precision, jit=args.jit, peak_tflops=args.peak_tflops,
+                     batch_sizes=_batch_sizes(args.batch_sizes), vit_batch_sizes=_batch_sizes(args.vit_batch_sizes),
+                     steps=args.steps, repeats=args.repeats, decode_batch=args.decode_batch,
+                     skip_vit=True if args.skip_vit else None, backends=backends,
+                     overrides=parse_overrides(args.set),
+                     skip_feature_cache=True if args.skip_feature_cache else None,
+                     skip_faithfulness=args.skip_faithfulness, faithfulness_every=args.faithfulness_every,
+                     faithfulness_budget=args.faithfulness_budget, log=lambda line: print(line, file=sys.stderr))
+        print(format_table(report))
+        with open(args.output, "w", encoding="utf-8") as file:
+            json.dump(report, file, indent=1)
+            file.write("\n")
+    except (UserError, ValueError, FileNotFoundError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    print(f"results written to {args.output}", file=sys.stderr)
+    return 0
 
-    for record in _rows(records, "feature_cache"):
-        lines += ["", f"Feature cache: photos profile, {record['backbone']} frozen (random weights) at "
-                      f"{record['image_size']} px = {record['num_patches']} patches x {record['feature_dim']}; decoder "
-                      f"{record['decoder_layers']} x {record['model_dim']}, {record['num_heads']} heads, MLP "
-                      f"{record['mlp_dim']}; batch {record['batch_size']}; {record['backend']}, XLA "
-                      f"{'on' if record['jit_compile'] else 'off'}, {record['dtype_policy']}, {record['device']}",
-                  f"  step on cached features  {record['seconds_per_step_cached']:9.3f} s  "
-                  f"(median of {record['repeats']} x {record['steps']} steps)",
-                  f"  step on images (ViT runs) {record['seconds_per_step_images']:8.3f} s  "
-                  f"(median of {record['repeats']} x {record['image_steps']})   ratio "
-                  f"{record['images_over_cached']:.1f}x "
-                  f"(matmul FLOPs: {record['flops_images_over_cached']:.1f}x = ViT forward "
-                  f"{record['backbone_flops_per_image'] / 1e9:.2f} + decoder training "
-                  f"{record['decoder_training_flops_per_image'] / 1e9:.2f} GFLOPs per image over the latter)",
-                  f"  features once: {1000 * record['feature_seconds_per_image']:.1f} ms per image",
-                  f"  extrapolated to Flickr8k ({record['epoch_images']} images, {record['epoch_steps']} steps an "
-                  f"epoch): epoch {record['epoch_seconds_cached']:.0f} s cached vs "
-                  f"{record['epoch_seconds_images']:.0f} s on images; {record['epochs']} epochs: "
-                  f"{record['feature_seconds']:.0f} s of features + {record['epochs']} x "
-                  f"{record['epoch_seconds_cached']:.0f} s = {record['run_seconds_cached']:.0f} s vs "
-                  f"{record['run_seconds_images']:.0f} s ({record['run_images_over_cached']:.1f}x)"]
 
-    for record in _rows(records, "time_to_faithfulness"):
-        target = f"{100 * record['target']:.0f}%"
-        if record["reached"]:
-            result = f"{target} reached after {record['seconds']:.0f} s of training (step {record['step']})"
-        else:
-            best = record["best"] or {"faithfulness": float("nan"), "seconds": float("nan"), "step": 0}
-            result = (f"{target} not reached in {record['steps_trained']} steps; best "
-                      f"{100 * best['faithfulness']:.1f}% after {best['seconds']:.0f} s (step {best['step']})")
-        curve = ", ".join(f"{p['step']}: {100 * p['faithfulness']:.0f}% @ {p['seconds']:.0f}s" for p in record["curve"])
-        lines += ["", f"Time to {target} faithfulness: quick profile ({record['summary']}; {record['backend']}, XLA "
-                      f"{'on' if record['jit_compile'] else 'off'}), greedy captions of {record['val_scenes']} "
-                      f"validation scenes every {record['every']} steps",
-                  f"  {result}; data, model and first step {record['first_step_seconds'] or 0:.0f} s, "
-                  f"evaluations {record['evaluation_seconds']:.0f} s (not counted)",
-                  f"  curve (step: faithfulness @ training seconds): {curve}"]
-
-    header = (f"{'figure':<15}{'config':<9}{'what':<15}{'batch':>6}{'xla':>5}{'s/step':>9}{'per s':>10}"
-              f"{'MFU':>8}{'ratio':>8}")
-    lines += ["", "minicap against the same model from stock Keras layers (MFU), and decoding", header]
-    for r in records:
-        if r["figure"] == "training":
-            what, rate, ratio = r["model"], r["images_per_second"], r["minicap_over_stock"]
-            xla, sec, mfu = "on" if r["jit_compile"] else "off", r["seconds_per_step"], f"{100 * r['mfu']:.1f}%"
-        elif r["figure"] == "decoding":
-            what = r["method"] + (f"-{r['beam_width']}" if r["method"] == "beam" else "") + (
-                " cached" if r["cached"] else " naive")
-            rate, ratio, xla, sec, mfu = r["captions_per_second"], r["cached_over_naive"], "fn", r["seconds"], ""
-        else:
-            continue
-        ratio = "" if ratio is None else f"{ratio:.2f}x"
-        lines.append(f"{r['figure']:<15}{r['config']:<9}{what:<15}{r['batch_size']:>6}{xla:>5}{sec:>9.4f}"
-                     f"{rate:>10.1f}{mfu:>8}{ratio:>8}")
-    lines += [f"{s['figure']:<15}{s['config']:<9}{s['reason']}" for s in report["skipped"]]
-    return "\n".join(lines)
+if __name__ == "__main__":
+    sys.exit(main(prog="python tools/bench.py"))
