@@ -1,6 +1,7 @@
 """The ``minicap`` command line: ``minicap train | caption | evaluate | kernel | bench``.
 
-Each subcommand is a thin layer over a function of the package, imported only when the command
+Each subcommand is a thin layer over a function of the package (``bench``: over the repository's
+tools/bench.py, which a clone has and an installed minicap has not), imported only when the command
 runs, so ``minicap --help`` answers at once. Errors a user can fix end with a one-line message and
 exit status 2, not a traceback.
 """
@@ -181,34 +182,35 @@ def _kernel(args):
     print(f"installed kernel {args.name!r} in {path}")
 
 
-def _bench(args):
-    from minicap import bench
+BENCH_MISSING = ("minicap bench runs from a clone of the repository (tools/bench.py); pip-installed minicap has "
+                 "no benchmarks")
 
-    def sizes(text):
-        if text is None:
-            return None
-        try:
-            values = tuple(int(item) for item in text.split(","))
-        except ValueError:
-            values = ()
-        if not values or min(values) < 1:
-            raise UserError(f"batch sizes must be positive integers separated by commas, got {text!r}")
-        return values
 
-    backends = [name.strip() for name in args.backends.split(",")] if args.backends else None
-    report = bench.run(quick=args.quick, precision=args.precision, jit=args.jit, peak_tflops=args.peak_tflops,
-                       batch_sizes=sizes(args.batch_sizes), vit_batch_sizes=sizes(args.vit_batch_sizes),
-                       steps=args.steps, repeats=args.repeats, decode_batch=args.decode_batch,
-                       skip_vit=True if args.skip_vit else None, backends=backends,
-                       overrides=parse_overrides(args.set),
-                       skip_feature_cache=True if args.skip_feature_cache else None,
-                       skip_faithfulness=args.skip_faithfulness, faithfulness_every=args.faithfulness_every,
-                       faithfulness_budget=args.faithfulness_budget, log=lambda line: print(line, file=sys.stderr))
-    print(bench.format_table(report))
-    with open(args.output, "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=1)
-        file.write("\n")
-    print(f"results written to {args.output}", file=sys.stderr)
+def tools_folder():
+    """The repository's ``tools/`` folder beside this minicap package, or None where there is none (an installed
+    minicap: the wheel holds the package only)."""
+    from pathlib import Path
+
+    import minicap
+
+    folder = Path(minicap.__file__).resolve().parent.parent / "tools"
+    return folder if (folder / "bench.py").is_file() else None
+
+
+def _bench(arguments):
+    """``minicap bench ARGS``: tools/bench.py's command line, handed ``ARGS`` as they are."""
+    from pathlib import Path
+
+    folder = tools_folder()
+    if folder is None:
+        raise UserError(BENCH_MISSING)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # tools/bench.py imports its sibling modules by name
+    import bench
+
+    if Path(bench.__file__).resolve() != folder / "bench.py":
+        raise UserError(f"another module named 'bench' ({bench.__file__}) was imported before {folder / 'bench.py'}")
+    return bench.main(arguments, prog="minicap bench")
 
 
 def build_parser():
@@ -267,47 +269,23 @@ def build_parser():
     where.add_argument("--sys-prefix", action="store_true", help="install into this environment (default)")
     install.set_defaults(handler=_kernel)
 
-    bench = commands.add_parser(
-        "bench", help="time training (XLA on/off per backend, input pipeline, feature cache, time to 95%% "
-                      "faithfulness, vs stock Keras, MFU) and decoding; write JSON")
-    bench.add_argument("--quick", action="store_true",
-                       help="the CI run: few steps, small batches, this backend and the default XLA setting only, "
-                            "two steps towards 95%% faithfulness; on a CPU no ViT-B/32 and no feature-cache comparison")
-    bench.add_argument("--output", "-o", default="bench.json", help="JSON file of the results (default: bench.json)")
-    bench.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto",
-                       help="auto: mixed bfloat16 on a GPU (float16 before Ampere), float32 on a CPU")
-    bench.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                       help="XLA for the stock-Keras comparison and the feature cache (auto: on for TensorFlow and "
-                            "JAX, off for PyTorch); the quick profile's step is timed with XLA on and off")
-    bench.add_argument("--backends", metavar="NAME,NAME",
-                       help="backends of the quick profile's step timings, others than KERAS_BACKEND in a subprocess "
-                            "each (default: tensorflow,jax; --quick: the current one)")
-    bench.add_argument("--set", action="append", metavar="NAME=VALUE",
-                       help="override a setting of the quick profile, as minicap train --set (repeatable)")
-    bench.add_argument("--skip-feature-cache", action="store_true",
-                       help="leave out the photos profile on cached features vs images (about two minutes on a "
-                            "CPU; left out by --quick on a CPU)")
-    bench.add_argument("--skip-faithfulness", action="store_true",
-                       help="leave out the time to 95%% faithfulness (trains the quick profile: minutes)")
-    bench.add_argument("--faithfulness-every", type=int, metavar="STEPS",
-                       help="steps between faithfulness evaluations (default: 250; --quick: 1)")
-    bench.add_argument("--faithfulness-budget", type=float, metavar="SECONDS",
-                       help="most training seconds spent reaching 95%% faithfulness (default: 900)")
-    bench.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
-                       help="the device's peak for MFU (default: table of GPUs, or a measured CPU matmul)")
-    bench.add_argument("--batch-sizes", metavar="N,N", help="quick-profile training batch sizes (default: 64)")
-    bench.add_argument("--vit-batch-sizes", metavar="N,N",
-                       help="ViT-B/32 training batch sizes (default: 64,128,256 on a GPU, 4 on a CPU)")
-    bench.add_argument("--steps", type=int, help="timed steps per repeat (default: 10; --quick 3)")
-    bench.add_argument("--repeats", type=int, help="alternating repeats; medians are reported (default: 3)")
-    bench.add_argument("--decode-batch", type=int, help="captions per decoding run (default: 256; --quick 64)")
-    bench.add_argument("--skip-vit", action="store_true", help="leave out the ViT-B/32 configuration")
-    bench.set_defaults(handler=_bench)
+    # Its options are tools/bench.py's (main() hands it everything after "bench"); listed here for --help.
+    commands.add_parser(
+        "bench", add_help=False,
+        help="time training (XLA on/off per backend, input pipeline, feature cache, time to 95%% faithfulness, vs "
+             "stock Keras, MFU) and decoding; write JSON (in a clone of the repository: tools/bench.py)")
     return parser
 
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # tools/bench.py parses the rest, --help included
+        try:
+            return _bench(argv[1:])
+        except UserError as error:
+            print(f"minicap bench: error: {error}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -2,10 +2,15 @@
 ``require``/``unavailable``, which skip a test whose optional dependency is missing, except under CI.
 
 Test modules import the helpers with ``from conftest import require`` (pytest puts ``tests/`` on the
-import path).
+import path), and the developer tools of ``tools/`` by their names (``import dev``, ``import bench``): this
+file puts ``tools/`` on the import path too.
 """
 import importlib
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

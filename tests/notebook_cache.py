@@ -1,9 +1,9 @@
 """A pytest plugin: the notebooks nbval executes go into jupyter-book's execution cache.
 
-``python3 -m minicap.dev test`` loads it (``-p tests.notebook_cache``). When every code cell of a
+``python3 tools/dev.py test`` loads it (``-p tests.notebook_cache``). When every code cell of a
 notebook has passed, the notebook, with the outputs nbval collected, is stored in
 ``_build/.jupyter_cache`` under the hash jupyter-book gives the notebook's code (jupyter-cache's own
-``cache_notebook_bundle``). ``python3 -m minicap.dev book`` then finds it there and does not execute it
+``cache_notebook_bundle``). ``python3 tools/dev.py book`` then finds it there and does not execute it
 again. Nothing else changes: a notebook with a failed or skipped cell is not stored, and on a machine
 where the tests never ran the cache is empty and the book command executes the chapters itself.
 """

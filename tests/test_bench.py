@@ -1,5 +1,6 @@
-"""Tests for minicap.bench, bench_stock and bench_train: the FLOP count, the stock-Keras build, the peak, the
-training-run figures (XLA per backend, feature cache, time to 95% faithfulness) and the JSON of ``minicap bench``."""
+"""Tests for the benchmarks of tools/ (bench, bench_device, bench_report, bench_stock, bench_train,
+bench_faithfulness): the FLOP count, the stock-Keras build, the peak, the training-run figures (XLA per backend,
+feature cache, time to 95% faithfulness) and the JSON of ``minicap bench``."""
 import json
 import time
 
@@ -8,7 +9,13 @@ import numpy as np
 import pytest
 from keras import ops
 
-from minicap import bench, bench_stock, bench_train, trainer, training
+import bench  # tools/bench.py and its siblings (tests/conftest.py puts tools/ on the import path)
+import bench_device
+import bench_faithfulness
+import bench_report
+import bench_stock
+import bench_train
+from minicap import trainer, training
 from minicap.cli import main
 from minicap.data.shapes import make_shapes
 from minicap.model import CaptionConfig, CaptionModel
@@ -136,21 +143,22 @@ def test_quick_config_follows_the_quick_profile():
 
 def test_peak_flops_from_flag_table_or_measurement():
     h100 = {"kind": "gpu", "name": "NVIDIA H100 80GB HBM3"}
-    assert bench.peak_flops(h100) == (989e12, "table: H100 dense 16-bit peak")
-    assert bench.peak_flops({"kind": "gpu", "name": "Tesla T4"})[0] == 65e12
-    assert bench.peak_flops({"kind": "cpu", "name": "x86_64"}, peak_tflops=2.5) == (2.5e12, "given (--peak-tflops)")
-    measured, source = bench.peak_flops({"kind": "cpu", "name": "x86_64"})
+    assert bench_device.peak_flops(h100) == (989e12, "table: H100 dense 16-bit peak")
+    assert bench_device.peak_flops({"kind": "gpu", "name": "Tesla T4"})[0] == 65e12
+    cpu = {"kind": "cpu", "name": "x86_64"}
+    assert bench_device.peak_flops(cpu, peak_tflops=2.5) == (2.5e12, "given (--peak-tflops)")
+    measured, source = bench_device.peak_flops(cpu)
     assert measured > 1e8 and source.startswith("measured: best float32")
     with pytest.raises(ValueError, match="peak_tflops must be positive, got -1"):
-        bench.peak_flops({"kind": "cpu", "name": "x86_64"}, peak_tflops=-1)
+        bench_device.peak_flops(cpu, peak_tflops=-1)
 
 
 def test_precision_policy():
-    assert bench.resolve_policy("auto", {"kind": "cpu"}) == "float32"
-    assert bench.resolve_policy("auto", {"kind": "gpu"}) == "mixed_bfloat16"  # no pre-Ampere GPU here
-    assert bench.resolve_policy("float32", {"kind": "gpu"}) == "float32"
+    assert bench_device.resolve_policy("auto", {"kind": "cpu"}) == "float32"
+    assert bench_device.resolve_policy("auto", {"kind": "gpu"}) == "mixed_bfloat16"  # no pre-Ampere GPU here
+    assert bench_device.resolve_policy("float32", {"kind": "gpu"}) == "float32"
     with pytest.raises(ValueError, match="precision must be 'auto', 'float32' or 'mixed', got 'fp8'"):
-        bench.resolve_policy("fp8", {"kind": "cpu"})
+        bench_device.resolve_policy("fp8", {"kind": "cpu"})
 
 
 def test_run_rejects_bad_settings():
@@ -268,7 +276,7 @@ def test_feature_cache_bench_times_both_inputs_and_extrapolates_per_epoch_and_ru
     report = {"backend": record["backend"], "device": {"name": record["device"], "kind": record["device_kind"]},
               "dtype_policy": "float32", "peak_flops": 1e12, "peak_source": "given", "load_average": None,
               "records": [record], "skipped": []}
-    table = bench.format_table(report)
+    table = bench_report.format_table(report)
     assert "Feature cache: photos profile, vit-b32 frozen (random weights) at 224 px = 49 patches x 768" in table
     assert f"ratio {record['images_over_cached']:.1f}x" in table
 
@@ -283,7 +291,7 @@ def test_faithfulness_curve_evaluates_every_n_steps_and_stops_at_the_target_or_a
     def steps_until_stop(rates, **options):
         scenes = make_shapes(2, split="val", image_size=32, max_objects=1)
         settings = dict(every=2, target=0.9, started=time.perf_counter(), total_steps=9, log=lambda _: None)
-        curve = bench_train.FaithfulnessCurve(scenes, None, **{**settings, **options})
+        curve = bench_faithfulness.FaithfulnessCurve(scenes, None, **{**settings, **options})
         rates = list(rates)
 
         def evaluate():  # a planted curve instead of captions
@@ -292,7 +300,7 @@ def test_faithfulness_curve_evaluates_every_n_steps_and_stops_at_the_target_or_a
             return curve.points[-1]["faithfulness"]
 
         curve.evaluate = evaluate
-        with pytest.raises(bench_train._Stop):
+        with pytest.raises(bench_faithfulness._Stop):
             for batch in range(100):
                 curve.on_train_batch_end(batch)
         return [point["step"] for point in curve.points]
@@ -306,9 +314,9 @@ def test_faithfulness_curve_evaluates_every_n_steps_and_stops_at_the_target_or_a
 
 def test_first_and_best_points_of_a_curve():
     points = [{"step": s, "faithfulness": f} for s, f in ((250, 0.5), (500, 0.96), (750, 0.99), (1000, 0.97))]
-    assert bench_train.first_and_best(points, 0.95) == (points[1], points[2])
-    assert bench_train.first_and_best(points, 0.995) == (None, points[2])
-    assert bench_train.first_and_best([], 0.95) == (None, None)
+    assert bench_faithfulness.first_and_best(points, 0.95) == (points[1], points[2])
+    assert bench_faithfulness.first_and_best(points, 0.995) == (None, points[2])
+    assert bench_faithfulness.first_and_best([], 0.95) == (None, None)
 
 
 def test_jit_auto_is_xla_on_tensorflow_and_jax_and_eager_on_torch():

@@ -1,7 +1,7 @@
 """``.ci/run``, what CI runs: the README's Quickstart commands, under ``CI`` (so that a missing test prerequisite fails).
 
 It runs here on a stand-in checkout: the real script, a README whose Quickstart commands record what they see, and a
-``minicap.dev`` whose browser tasks do nothing.
+``tools/dev.py`` whose browser tasks do nothing.
 """
 import os
 import shutil
@@ -37,9 +37,8 @@ def test_ci_runs_the_quickstart_commands_with_ci_set(tmp_path):
     (tmp_path / ".ci").mkdir()
     shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
     (tmp_path / "README.md").write_text(README)
-    (tmp_path / "minicap").mkdir()
-    (tmp_path / "minicap" / "__init__.py").write_text("")
-    (tmp_path / "minicap" / "dev.py").write_text("")  # browser-deps and browser: nothing to do
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "dev.py").write_text("")  # browser-deps and browser: nothing to do
     environment = {key: value for key, value in os.environ.items() if key != "CI"}
     done = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], cwd=tmp_path, env=environment,
                           capture_output=True, text=True, timeout=120)

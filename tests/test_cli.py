@@ -1,17 +1,24 @@
-"""``minicap caption`` and ``minicap evaluate`` on a trained run, and the command line's usage errors.
+"""``minicap caption`` and ``minicap evaluate`` on a trained run, the command line's usage errors, and
+``minicap bench`` handing its arguments to tools/bench.py (its figures: test_bench.py).
 
 The commands run in this process through ``minicap.cli.main`` (what the ``minicap`` script calls);
 test_reliability.py runs the script itself as a subprocess for bad image files and bad models.
 """
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minicap.cli import main
+import minicap as package
+from conftest import require
+from minicap.cli import BENCH_MISSING, main
 from minicap.data.faithfulness import check_caption
 from minicap.data.folder import load_caption_folder
 from minicap.data.images import load_image
@@ -191,3 +198,67 @@ def test_a_file_that_is_not_a_model_is_named_before_the_tokenizer_is_looked_for(
     shutil.copy(run_dir / "model.keras", tmp_path / "run" / "model.keras")
     message = one_line_error(capsys, "caption", "x.png", "--model", "run/model.keras")
     assert message == "minicap caption: error: run/tokenizer.json: no such tokenizer file"
+
+
+def test_bench_hands_its_arguments_to_tools_bench_unchanged(capsys, tmp_path, monkeypatch):
+    import bench  # tools/bench.py, which minicap bench runs in a clone
+
+    calls = []
+
+    def run(**options):
+        calls.append(options)
+        return {"planted": True}
+
+    monkeypatch.setattr(bench, "run", run)
+    monkeypatch.setattr(bench, "format_table", lambda report: f"table of {sorted(report)}")
+    path = tmp_path / "bench.json"
+    status, out, _ = minicap(capsys, "bench", "--quick", "-o", path, "--set", "model_dim=16", "--set=jit_compile=off",
+                             "--backends", "jax, tensorflow", "--batch-sizes", "8,16", "--skip-vit", "--steps", "2")
+    assert status == 0 and out == "table of ['planted']\n"
+    assert json.loads(path.read_text()) == {"planted": True}
+    (options,) = calls
+    assert options["quick"] is True and options["skip_vit"] is True and options["steps"] == 2
+    assert options["overrides"] == {"model_dim": 16, "jit_compile": "off"}
+    assert options["backends"] == ["jax", "tensorflow"] and options["batch_sizes"] == (8, 16)
+    assert options["skip_feature_cache"] is None and options["precision"] == "auto"  # the defaults
+    # Its help is tools/bench.py's, under the name the reader typed; minicap's own help lists the command.
+    with pytest.raises(SystemExit) as exit_status:
+        main(["bench", "--help"])
+    assert exit_status.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: minicap bench [-h] [--quick]") and "--peak-tflops TFLOPS" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "bench" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_status:
+        main(["bench", "--no-such-option"])
+    assert exit_status.value.code == 2
+    assert "minicap bench: error: unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_bench_from_an_installed_minicap_says_it_needs_a_clone(tmp_path):
+    """A copy of the package with no tools/ beside it, as pip installs it: minicap bench names what is missing."""
+    shutil.copytree(Path(package.__file__).parent, tmp_path / "minicap", ignore=shutil.ignore_patterns("__pycache__"))
+    script = ("import sys, minicap; from minicap.cli import main; print(minicap.__file__); "
+              "sys.exit(main(['bench', '--quick']))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.stdout.strip() == str(tmp_path / "minicap" / "__init__.py")  # the copy ran, not the checkout
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"minicap bench: error: {BENCH_MISSING}"
+    assert BENCH_MISSING == ("minicap bench runs from a clone of the repository (tools/bench.py); pip-installed "
+                             "minicap has no benchmarks")
+
+
+def test_the_installed_package_is_minicap_alone():
+    """pyproject.toml's package discovery, as setuptools runs it for a wheel: minicap and its subpackages, never
+    the repository's tools/ or tests/."""
+    tomllib = require("tomllib", "tomllib (Python 3.11+) is needed to read pyproject.toml")
+    setuptools = require("setuptools")
+    root = Path(package.__file__).resolve().parent.parent
+    settings = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = setuptools.find_namespace_packages(str(root), include=settings.get("include", ("*",)),
+                                                  exclude=settings.get("exclude", ()))
+    assert "minicap" in packages and "minicap.data" in packages
+    assert (root / "tools" / "bench.py").is_file() and (root / "tools" / "dev.py").is_file()
+    assert [name for name in packages if name.split(".")[0] != "minicap"] == []

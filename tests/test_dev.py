@@ -1,4 +1,4 @@
-"""The developer tasks: the book is built from the files of _toc.yml and their assets only, and the
+"""The developer tasks (tools/dev.py): the book is built from the files of _toc.yml and their assets only, and the
 notebooks the test suite executes reach jupyter-book's cache."""
 import json
 import os
@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import dev  # tools/dev.py (tests/conftest.py puts tools/ on the import path)
 from conftest import require
-from minicap import dev
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
 pytestmark = pytest.mark.single_backend
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = {"_config.yml", "_toc.yml", "book/references.bib", "book/_ext/minicap_sphinx.py"}
+ASSETS = {"_config.yml", "_toc.yml", "book/references.bib", "book/_ext/minicap_sphinx.py",
+          "book/images/architecture.svg"}
 
 
 def _write(path, text="x"):
@@ -205,3 +206,14 @@ def test_test_processes_share_a_compile_cache(tmp_path, backend):
     assert float(first[0]) == float(second[0]) == pytest.approx(8 * 8 * 8 * np.tanh(1.0))
     if backend == "jax":
         assert (first[1], second[1]) == ("compiled", "loaded")
+
+
+def test_the_tasks_run_by_path_with_the_standard_library_only(tmp_path):
+    """``python3 tools/dev.py`` as the README runs it, with no site-packages at all (``-S``), from the repository
+    root and from elsewhere: the commands are the same, and they work on the repository."""
+    assert dev.ROOT == ROOT
+    for folder in (ROOT, tmp_path):
+        done = subprocess.run([sys.executable, "-S", str(ROOT / "tools" / "dev.py"), "--help"], cwd=folder,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("usage: python3 tools/dev.py [-h] {setup,book,test,browser,browser-deps}")

@@ -1,6 +1,6 @@
 """The book's notebooks: their structure, and their execution with papermill.
 
-nbval executes every notebook with its own parameters on TensorFlow (``python3 -m minicap.dev test``), and the
+nbval executes every notebook with its own parameters on TensorFlow (``python3 tools/dev.py test``), and the
 rendered book reuses those executions (tests/notebook_cache.py). The papermill runs here test what nbval does
 not, so that no execution repeats another:
 

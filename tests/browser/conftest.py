@@ -1,6 +1,6 @@
 """Fixtures for the browser tests: the built book served on localhost, headless Chromium.
 
-The tests need the rendered book (``python3 -m minicap.dev book``; $MINICAP_BOOK_HTML and
+The tests need the rendered book (``python3 tools/dev.py book``; $MINICAP_BOOK_HTML and
 $MINICAP_BOOK_TOC point at another build and its _toc.yml), Debian's Chromium at
 /usr/bin/chromium (or $MINICAP_CHROMIUM) and the Python ``playwright`` package (its driver only: it
 never downloads a browser). Without one of them a test skips with the reason, except under CI (the
@@ -48,7 +48,7 @@ def toc_pages(toc_file=TOC):
 @pytest.fixture(scope="session")
 def built_book():
     if not (HTML / "index.html").exists():
-        unavailable(f"the book is not built ({HTML / 'index.html'} is missing): run `python3 -m minicap.dev book`")
+        unavailable(f"the book is not built ({HTML / 'index.html'} is missing): run `python3 tools/dev.py book`")
     return HTML
 
 
@@ -88,7 +88,7 @@ def browser():
 def pytest_collection_modifyitems(config, items):
     """Browser tests run only when asked for: ``-m browser`` or a path inside tests/browser.
 
-    The whole suite runs before the book is built (``python3 -m minicap.dev test``, then ``book``,
+    The whole suite runs before the book is built (``python3 tools/dev.py test``, then ``book``,
     then ``browser``), so a plain ``pytest`` leaves them out instead of failing under CI.
     """
     here = Path(__file__).resolve().parent

@@ -1,9 +1,10 @@
 """Developer tasks: set up an environment, build the book, run the tests (standard library only).
 
-Run from the repository root with any Python >= 3.10; it creates ``.venv`` on first use::
+Run with any Python >= 3.10, from the repository root or any other folder (every command runs in the
+repository root); it creates ``.venv`` on first use::
 
-    python3 -m minicap.dev book     # set up, then build the rendered book into _build/html
-    python3 -m minicap.dev test     # set up, then run the whole test suite (both Keras backends)
+    python3 tools/dev.py book     # set up, then build the rendered book into _build/html
+    python3 tools/dev.py test     # set up, then run the whole test suite (TensorFlow, JAX, PyTorch)
 
 The book command executes each notebook through jupyter-book's cache, which the test command's
 nbval run fills: after the tests, the book reuses the notebooks they executed; on a fresh machine it
@@ -23,7 +24,7 @@ import time
 import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository: this file is tools/dev.py
 VENV = ROOT / ".venv"
 BUILD = ROOT / "_build"
 JUPYTER_CACHE = BUILD / ".jupyter_cache"  # jupyter-book's execution cache (see book())
@@ -276,7 +277,7 @@ def book():
     The notebooks are executed through jupyter-book's cache (``_build/.jupyter_cache``): a notebook
     whose code has not changed since its last execution is not run again. The test suite's nbval
     run stores the notebooks it executed there (tests/notebook_cache.py), so after
-    ``python3 -m minicap.dev test`` the book reuses them; on a machine where the tests never ran, the
+    ``python3 tools/dev.py test`` the book reuses them; on a machine where the tests never ran, the
     cache is empty and the build executes every chapter itself.
     """
     python = setup()
@@ -312,7 +313,7 @@ def browser_dependencies():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python3 -m minicap.dev", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python3 tools/dev.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("setup", help="create .venv and install minicap with its extras")

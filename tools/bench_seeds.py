@@ -7,16 +7,16 @@ scenes (unseen colour-and-shape pairs) greedily, and prints a row per seed: trai
 faithfulness rates, the held-out errors by kind and, on a second line, the validation errors by kind. The
 last lines give the worst and the mean.
 
-    python tests/bench_seeds.py                          # quick profile, seeds 0-4, 300 scenes per split
-    python tests/bench_seeds.py --seeds 0 1 --set epochs=8 --set num_heads=2
-    python tests/bench_seeds.py --checks                 # also what chapters 5 and 6 assert, per seed
+    python tools/bench_seeds.py                          # quick profile, seeds 0-4, 300 scenes per split
+    python tools/bench_seeds.py --seeds 0 1 --set epochs=8 --set num_heads=2
+    python tools/bench_seeds.py --checks                 # also what chapters 5 and 6 assert, per seed
 
 ``--checks`` adds, per seed, the quantities the book's chapters assert about a trained model, so that each
 assertion can be checked to hold for every seed with a margin: the untrained model's faithfulness, the first
 and last epochs' validation loss, BLEU-4 and CIDEr-D of the trained and the untrained model, and grounding
 (trained, untrained, chance) on the same validation scenes.
 
-Each run trains in a temporary directory. Not collected by pytest (the name does not start with ``test_``).
+Each run trains in a temporary directory.
 """
 import argparse
 import os

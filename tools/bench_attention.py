@@ -4,11 +4,9 @@ Both layers sit in the same one-layer model (self-attention, then a mean squared
 same way by ``model.compile``; each timing is ``train_on_batch`` (forward, backward and an SGD update
 of the same number of weights), after warm-up, median over repeats.
 
-    python tests/bench_attention.py                      # TensorFlow, CPU, the default sizes
-    python tests/bench_attention.py --jit --causal       # XLA-compiled, with a causal mask
-    KERAS_BACKEND=jax python tests/bench_attention.py
-
-Not collected by pytest (the name does not start with ``test_``).
+    python tools/bench_attention.py                      # TensorFlow, CPU, the default sizes
+    python tools/bench_attention.py --jit --causal       # XLA-compiled, with a causal mask
+    KERAS_BACKEND=jax python tools/bench_attention.py
 """
 import argparse
 import os

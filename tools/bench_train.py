@@ -1,11 +1,12 @@
-"""Benchmarks of training as ``minicap train`` runs it: the second half of ``minicap bench``.
+"""Benchmarks of training as ``minicap train`` runs it: the middle of ``minicap bench``.
 
-Four questions, answered on this machine with the profiles of :mod:`minicap.trainer`:
+Three questions, answered on this machine with the profiles of :mod:`minicap.trainer` (the fourth, how
+long until the captions are right, is :mod:`bench_faithfulness`'s):
 
 1. **Which XLA setting is fastest, on which backend?** The quick profile's training step, as
    ``trainer.train`` takes it (``model.fit`` over the profile's ``CaptionBatches``, compiled by
    ``compile_model``), with XLA on and off. Keras fixes its backend once per process, so each
-   backend other than the current one runs in a subprocess (``python -m minicap.bench_train``) and
+   backend other than the current one runs in a subprocess (``python tools/bench_train.py``) and
    its records are merged. ``training.JIT_BY_BACKEND``, the "auto" setting, follows these numbers.
 2. **Does the input pipeline keep up?** The time to produce one batch (``CaptionBatches[i]``) as a
    share of a whole step. ``fit`` reads a ``PyDataset`` of one worker in the training thread,
@@ -13,11 +14,7 @@ Four questions, answered on this machine with the profiles of :mod:`minicap.trai
 3. **What does the feature cache save?** The photos profile (a frozen ViT-B/32 at 224 pixels and a
    small decoder) trained on cached backbone features ``(batch, 49, 768)`` against trained on images,
    where the ViT runs at every step; and the one-off cost of computing the features.
-4. **How long until the captions are right?** The quick profile trained by ``trainer.train`` while a
-   callback captions 300 validation scenes greedily every few hundred steps; the first training time
-   (evaluations left out) at which 95% of the captions are faithful to their scenes.
 """
-import contextlib
 import dataclasses
 import json
 import math
@@ -29,13 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
-import numpy as np
+if __name__ == "__main__":  # a subprocess of in_subprocess: quiet TensorFlow before Keras loads it
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from minicap import trainer
-from minicap.bench_stock import decoder_flops, encoder_flops, vit_b32_config
-from minicap.model import CaptionModel
-from minicap.training import compile_model, resolve_jit_compile
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import minicap  # noqa: E402
+from bench_device import context_of_this_process  # noqa: E402
+from bench_stock import decoder_flops, encoder_flops, vit_b32_config  # noqa: E402
+from minicap import trainer  # noqa: E402
+from minicap.model import CaptionModel  # noqa: E402
+from minicap.training import compile_model, resolve_jit_compile  # noqa: E402
 
 FLICKR8K_TRAIN_IMAGES = 6000  # the photos profile's data set: 6,000 training images ...
 FLICKR8K_REFERENCES = 5  # ... of 5 captions each; an epoch shows every caption once (469 steps of 64)
@@ -105,17 +107,6 @@ def time_fits(runs, repeats=1, warmup=1):
             seconds[name].append((time.perf_counter() - clock.start) / steps)
             start[name] += warmup + steps
     return seconds
-
-
-def context_of_this_process(precision="auto"):
-    """Backend, device and dtype policy of this process, as every record names them (sets the policy)."""
-    from minicap.bench import device_info, resolve_policy
-
-    device = device_info()
-    policy = resolve_policy(precision, device)
-    keras.mixed_precision.set_global_policy(policy)
-    return {"backend": keras.backend.backend(), "device": device["name"], "device_kind": device["kind"],
-            "dtype_policy": policy}
 
 
 def _compile(model, settings, jit):
@@ -190,12 +181,12 @@ def in_subprocess(backend, function, options, log=print):
                          f"{sorted(name for name in JIT_SETTINGS if importlib.util.find_spec(name))}")
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "records.json"
-        package_root = str(Path(__file__).resolve().parents[1])  # this minicap, installed or not
+        package_root = str(Path(minicap.__file__).resolve().parents[1])  # this process's minicap, installed or not
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         environment = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": path,
                        "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # JAX: no 75% of a GPU's memory up front
-        command = [sys.executable, "-m", "minicap.bench_train", function, json.dumps(options), str(output)]
-        log(f"  {backend}: {' '.join(command[:4])} ...")
+        command = [sys.executable, str(Path(__file__).resolve()), function, json.dumps(options), str(output)]
+        log(f"  {backend}: {' '.join(command[:3])} ...")
         done = subprocess.run(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
         if done.returncode:
@@ -276,124 +267,10 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=1, repe
             "run_images_over_cached": epochs * epoch_steps * uncached / cached_run}
 
 
-# ---------------------------------------------------------------------------------------------
-# 4: time to 95% faithfulness
-# ---------------------------------------------------------------------------------------------
-
-class _Stop(Exception):
-    """Ends a benchmark's training run early (the target is reached, or the budget spent)."""
-
-
-class FaithfulnessCurve(keras.callbacks.Callback):
-    """Every ``every`` steps, the faithfulness of greedy captions of ``scenes``, against training time.
-
-    Training time is wall-clock seconds since ``started`` (``trainer.train`` was called: its data,
-    model and compilation count) less the time spent in these evaluations. Raises ``_Stop`` once the
-    faithfulness reaches ``target`` (when ``stop_at_target``), or ``max_steps`` or ``max_seconds``
-    are spent.
-    """
-
-    def __init__(self, scenes, tokenizer, every, target, started, total_steps, max_steps=None,
-                 max_seconds=None, stop_at_target=True, log=print):
-        super().__init__()
-        self.scenes, self.tokenizer, self.every, self.target = scenes, tokenizer, every, target
-        self.started, self.total_steps, self.max_steps, self.max_seconds = started, total_steps, max_steps, max_seconds
-        self.stop_at_target, self.log = stop_at_target, log
-        self.images = scenes.images.astype("float32") / 255.0
-        self.steps, self.evaluation_seconds, self.points, self.first_step_seconds = 0, 0.0, [], None
-        self.generator = None
-
-    def training_seconds(self):
-        return time.perf_counter() - self.started - self.evaluation_seconds
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.first_step_seconds is None:
-            self.first_step_seconds = self.training_seconds()  # data, model, compilation and one step
-        last = self.steps in (self.total_steps, self.max_steps)
-        over = self.max_seconds is not None and self.training_seconds() >= self.max_seconds
-        if self.steps % self.every == 0 or last or over:
-            reached = self.evaluate() >= self.target
-            if (reached and self.stop_at_target) or last or over:
-                raise _Stop
-
-    def evaluate(self):
-        from minicap.data.faithfulness import faithfulness_rate
-        from minicap.generate import Generator
-
-        seconds, paused = self.training_seconds(), time.perf_counter()
-        if self.generator is None:
-            tokenizer = self.tokenizer
-            self.generator = Generator(self.model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
-        captions = self.tokenizer.decode_batch(self.generator.greedy(self.images))
-        rate = faithfulness_rate(captions, self.scenes)
-        self.points.append({"step": self.steps, "seconds": seconds, "faithfulness": rate})
-        self.log(f"  step {self.steps}: faithfulness {rate:.3f} after {seconds:.1f} s of training")
-        self.evaluation_seconds += time.perf_counter() - paused
-        return rate
-
-
-def first_and_best(points, target):
-    """The first point of a curve whose faithfulness reaches ``target`` (None if none does), and the
-    best point (the first of equals; None for no points)."""
-    reached = next((point for point in points if point["faithfulness"] >= target), None)
-    best = max(points, key=lambda point: point["faithfulness"], default=None)
-    return reached, best
-
-
-def time_to_faithfulness(settings, target=0.95, every=250, num_scenes=300, max_steps=None, max_seconds=None,
-                         log=print):
-    """Train ``settings`` (the quick profile) with ``trainer.train`` until its greedy captions of
-    ``num_scenes`` validation scenes are ``target`` faithful, or its epochs, ``max_steps`` or
-    ``max_seconds`` (of training time) run out.
-
-    Returns:
-        one ``"time_to_faithfulness"`` record: the curve of (step, seconds, faithfulness), and the
-        first point at or above ``target``, or ``None`` with the best point.
-    """
-    from minicap.data.shapes import make_shapes
-    from minicap.text import Tokenizer
-
-    # The same tokenizer train() fits (its data are deterministic), and the validation scenes train() draws.
-    train_split, _ = trainer.load_data(settings.replace(num_val=1))
-    tokenizer = Tokenizer.fit([c for refs in train_split.captions for c in refs], min_count=settings.min_word_count)
-    total_steps = settings.epochs * len(trainer.make_batches(settings, None, train_split, tokenizer, training=True))
-    scenes = make_shapes(num_scenes, split="val", seed=settings.seed + 1, image_size=settings.model.image_size,
-                         max_objects=settings.max_objects)
-    policy = keras.mixed_precision.global_policy().name
-    with tempfile.TemporaryDirectory() as run_dir:
-        started = time.perf_counter()
-        curve = FaithfulnessCurve(scenes, tokenizer, every, target, started, total_steps, max_steps, max_seconds,
-                                  log=log)
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # train's progress lines are not the bench's table
-                trainer.train(settings, run_dir, verbose=0, callbacks=[curve])
-        except _Stop:
-            pass
-        finally:
-            keras.mixed_precision.set_global_policy(policy)  # train() sets the profile's own
-    reached, best = first_and_best(curve.points, target)
-    model = settings.model
-    dtype_policy = "mixed_" + trainer.mixed_precision_dtype() if settings.mixed_precision else "float32"
-    return {"backend": keras.backend.backend(), "dtype_policy": dtype_policy, "figure": "time_to_faithfulness",
-            "config": "quick",
-            "target": target, "every": every, "val_scenes": num_scenes, "batch_size": settings.batch_size,
-            "jit": settings.jit_compile, "jit_compile": resolve_jit_compile(settings.jit_compile),
-            "settings": settings.to_dict(),
-            "summary": (f"{model.image_size} px, patches {model.patch_size} ({model.patch_stem}), width "
-                        f"{model.model_dim}, {model.encoder_layers}+{model.decoder_layers} layers, "
-                        f"{settings.num_train} scenes, batch {settings.batch_size}, {settings.epochs} epochs"),
-            "steps_trained": curve.steps, "total_steps": total_steps,
-            "first_step_seconds": curve.first_step_seconds, "evaluation_seconds": curve.evaluation_seconds,
-            "reached": reached is not None, "seconds": reached["seconds"] if reached else None,
-            "step": reached["step"] if reached else None, "best": best, "curve": curve.points}
-
-
 SUBPROCESS_FUNCTIONS = {"training_step": bench_training_step}
 
 
-if __name__ == "__main__":  # python -m minicap.bench_train FUNCTION OPTIONS_JSON OUTPUT_JSON (in_subprocess)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if __name__ == "__main__":  # python tools/bench_train.py FUNCTION OPTIONS_JSON OUTPUT_JSON (in_subprocess)
     name, options, output = sys.argv[1:]
     records = SUBPROCESS_FUNCTIONS[name](**json.loads(options))
     Path(output).write_text(json.dumps(records, indent=1) + "\n")

@@ -1,6 +1,6 @@
 """minicap against the same model from stock Keras layers: training throughput and MFU; decoding speed.
 
-Three questions of ``minicap bench`` (:mod:`minicap.bench`), each answered by timings taken in one process:
+Three questions of ``minicap bench`` (:mod:`bench`), each answered by timings taken in one process:
 
 1. **Training**: how many images per second does a training step of ``CaptionModel`` process, and
    what fraction of the device's peak is that (model FLOPs utilisation, MFU)? The same
@@ -13,7 +13,7 @@ Three questions of ``minicap bench`` (:mod:`minicap.bench`), each answered by ti
    training step consumes.
 
 MFU = analytic training FLOPs per image (``training_flops``) × images/s ÷ peak FLOP/s (the peak:
-:func:`minicap.bench.peak_flops`).
+:func:`bench_device.peak_flops`).
 """
 import math
 import statistics
