@@ -64,7 +64,7 @@ def test_html_is_self_contained():
 
 def test_image_travels_as_a_png_data_uri():
     explorer = _explorer()
-    uri = re.search(r'<img src="(data:image/png;base64,[^"]+)"', explorer.to_html()).group(1)
+    uri = re.search(r'<img [^>]*src="(data:image/png;base64,[^"]+)"', explorer.to_html()).group(1)
     decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     np.testing.assert_array_equal(decoded, explorer.image)
     floats = AttentionExplorer(explorer.image / 255.0, explorer.words, explorer.weights, explorer.grid)
