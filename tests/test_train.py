@@ -12,7 +12,6 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import require
 from minicap.config import profile, PROFILES, TrainConfig
 from minicap.data.datasets import load_split
 from minicap.train import feature_cache_dir, load_run, make_batches, run_config, train, train_or_load
@@ -169,11 +168,10 @@ def test_word_dropout_leaves_the_validation_batches_whole(with_settings):
 def test_backbones_with_other_weights_never_share_cached_features(tmp_path):
     # The photos profile's frozen backbone, twice in one data directory with different pretrained weights (as a
     # reader who changes backbone_weights would run it): each run's batches carry its own backbone's features.
-    require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
     import types
 
     from minicap.data.features import list_feature_caches
-    from minicap.vit_keras import ViTBackbone
+    from minicap.vit import PretrainedViT
     from minicap.text import Tokenizer
     from photo_stand_ins import write_caption_folder, write_vit_weights
 
@@ -184,9 +182,10 @@ def test_backbones_with_other_weights_never_share_cached_features(tmp_path):
     images = split.load_images(32).astype("float32") / 255.0
     features = []
     for seed in (1, 2):
-        # A small ViT in vit-keras's architecture stands in for ViT-B/32 (same code path, 2 x 2 patches of 16).
-        backbone = ViTBackbone(32, variant=None, patch_size=16, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
-        write_vit_weights(tmp_path / f"weights-{seed}.npz", backbone.vit, heads=2, scale=0.5, seed=seed)
+        # A small ViT stands in for ViT-B/32 (the same code path, 2 x 2 patches of 16).
+        sizes = dict(patch_size=16, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
+        backbone = PretrainedViT(32, variant=None, **sizes)
+        write_vit_weights(tmp_path / f"weights-{seed}.npz", **sizes, grid=2, scale=0.5, seed=seed)
         backbone.load_weights_from(str(tmp_path / f"weights-{seed}.npz"))
         model = types.SimpleNamespace(config=config.model, encoder=backbone)  # what the feature pass reads
         batches = make_batches(config, model, split, tokenizer, training=False, progress=False)
