@@ -35,8 +35,14 @@ def _check_beam(width):
         raise UserError(f"--beam must be a beam width of at least 1 (1: greedy decoding), got {width}")
 
 
+def _decoding(beam_width):
+    """The decoding method and options of ``--beam WIDTH``: beam search, or greedy for width 1."""
+    return {"method": "beam", "beam_width": beam_width} if beam_width > 1 else {"method": "greedy"}
+
+
 def _train(args):
-    from minicap import trainer
+    import minicap.train  # looked up at each call, so that a test can replace minicap.train.train
+    from minicap.config import profile
 
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
@@ -47,9 +53,9 @@ def _train(args):
         overrides["data_dir"] = args.data_dir
     if args.devices is not None:
         overrides["devices"] = args.devices
-    config = trainer.profile(args.profile, **overrides)
+    config = profile(args.profile, **overrides)
     output = args.output or os.path.join("runs", args.profile)
-    result = trainer.train(config, output, overwrite=args.overwrite, verbose=1 if sys.stdout.isatty() else 2)
+    result = minicap.train.train(config, output, overwrite=args.overwrite, verbose=1 if sys.stdout.isatty() else 2)
     print(f"trained model saved to {result.model_path}")
 
 
@@ -74,7 +80,7 @@ def _caption(args):
         raise UserError("no image could be read")
     images = np.stack([image for _, image in loaded]).astype("float32") / 255.0
     generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
-    tokens = generator.beam_search(images, beam_width=args.beam) if args.beam > 1 else generator.greedy(images)
+    tokens = generator.decode(images, **_decoding(args.beam))
     captions = tokenizer.decode_batch(tokens)
     for (path, _), caption in zip(loaded, captions):
         print(f"{path}\t{caption}")
@@ -129,7 +135,7 @@ def _evaluate(args):
 
     _check_beam(args.beam)
     model, tokenizer = load_captioner(args.model, args.tokenizer)
-    options = {"method": "beam", "beam_width": args.beam} if args.beam > 1 else {}
+    options = _decoding(args.beam)
     dataset, split = _dataset(args.dataset), args.split
     if dataset == "shapes":
         from minicap.data.shapes import make_shapes
@@ -141,7 +147,7 @@ def _evaluate(args):
                            max_objects=args.max_objects or _trained_max_objects(args.model))
         metrics, _ = evaluate_shapes(model, tokenizer, data, **options)
     else:
-        from minicap import trainer
+        from minicap.config import TrainConfig
         from minicap.evaluate import evaluate_caption_set
 
         # The data settings the model was trained with (a mirror, a data folder), when it was trained on this data set.
@@ -151,11 +157,10 @@ def _evaluate(args):
         if args.data_dir:
             settings["data_dir"] = args.data_dir
         if dataset in ("flickr8k", "coco"):
-            from minicap.data import real_datasets
+            from minicap.data.datasets import load_real_split
 
             split = split or "test"
-            data = real_datasets.load_split(trainer.TrainConfig(dataset=dataset, **settings), split,
-                                            model.config.image_size)
+            data = load_real_split(TrainConfig(dataset=dataset, **settings), split, model.config.image_size)
         else:
             from minicap.data.folder import load_caption_folder
 

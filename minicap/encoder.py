@@ -13,49 +13,18 @@ References: Dosovitskiy et al., "An image is worth 16x16 words" (2020); Vaswani 
 "Attention is all you need" (2017); Xiong et al., "On layer normalization in the Transformer
 architecture" (2020).
 """
+import dataclasses
+
 import keras
 from keras import ops
 
 from minicap.attention import MultiHeadAttention
-from minicap.patches import ColourShapePatchEncoder, ConvPatchEncoder, PatchEncoder, Patches, check_image_shape
+from minicap.composition import ColourShapePatchEncoder
+from minicap.patches import ConvPatchEncoder, PatchEncoder, Patches, check_image_shape
 from minicap.positional import sinusoidal_encoding_2d
-from minicap.vit_weights import VIT_WEIGHTS, weights_file  # noqa: F401 (VIT_WEIGHTS: re-exported)
-
-# How the scratch encoder turns an image into patch vectors (see minicap.patches).
-PATCH_STEMS = ("linear", "colour-shape", "conv")
 
 # Layer norm epsilon of ViT (and of vit-keras).
 NORM_EPSILON = 1e-6
-
-VIT_INSTALL_HINT = (
-    "The vit-keras implementation of the pretrained ViT (vit_implementation='vit-keras') needs the optional "
-    "package vit-keras 0.2.0; minicap's own (vit_implementation='minicap', the default) needs nothing more. "
-    "Install vit-keras with\n"
-    "    pip install 'minicap[vit]'\n"
-    "or, on Python 3.12+ (where vit-keras declares it does not install):\n"
-    "    pip install --no-deps --ignore-requires-python vit-keras==0.2.0 opencv-python-headless validators scipy"
-)
-
-# The pretrained backbones: ViT-B/16 and ViT-B/32 (ViT-Base: 12 layers, width 768).
-VIT_VARIANTS = {
-    "vit-b16": dict(patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
-    "vit-b32": dict(patch_size=32, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
-}
-
-
-def vit_architecture(variant, **given):
-    """The ViT architecture of ``variant`` (a key of ``VIT_VARIANTS``, or None) with the sizes in ``given``
-    (``patch_size``, ``hidden_size``, ``num_layers``, ``num_heads``, ``mlp_dim``) that are not None."""
-    if variant is not None and variant not in VIT_VARIANTS:
-        raise ValueError(f"unknown ViT variant {variant!r}; choose one of {sorted(VIT_VARIANTS)} or None")
-    architecture = dict(VIT_VARIANTS[variant]) if variant else {}
-    for name in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim"):
-        if given.get(name) is not None:
-            architecture[name] = given[name]
-        elif name not in architecture:
-            raise ValueError(f"a ViT with variant=None needs {name}; got None")
-    return architecture
-
 
 @keras.saving.register_keras_serializable(package="minicap")
 class FeedForward(keras.layers.Layer):
@@ -161,6 +130,36 @@ class EncoderLayer(keras.layers.Layer):
         return config
 
 
+@dataclasses.dataclass(frozen=True)
+class PatchStem:
+    """One way of turning an image into patch vectors: what its layer reads, and how to make the layer."""
+
+    reads_patches: bool  # True: the flattened patches of ``Patches``; False: the whole image
+    centred: bool  # True: pixels in [-1, 1]; False: in [0, 1]
+    make: object  # (image_size, patch_size, model_dim, hidden_dim, **layer_kwargs) -> a layer
+
+
+# How the scratch encoder turns an image into patch vectors (chapter 1; the colour-shape stem: the appendix).
+PATCH_STEMS = {
+    "linear": PatchStem(reads_patches=True, centred=True,
+                        make=lambda size, patch, dim, hidden, **kw: PatchEncoder((size // patch) ** 2, dim, **kw)),
+    "colour-shape": PatchStem(reads_patches=False, centred=False,
+                              make=lambda size, patch, dim, hidden, **kw: ColourShapePatchEncoder(
+                                  size, patch, dim, hidden_dim=hidden, **kw)),
+    "conv": PatchStem(reads_patches=False, centred=True,
+                      make=lambda size, patch, dim, hidden, **kw: ConvPatchEncoder(size, patch, dim, channels=hidden, **kw)),
+}
+
+
+def make_patch_stem(stem, image_size, patch_size, model_dim, hidden_dim=0, **kwargs):
+    """The patch-embedding layer ``stem`` (a key of ``PATCH_STEMS``) for ``image_size`` images cut into
+    ``patch_size`` patches, of width ``model_dim``; ``hidden_dim`` is the conv stem's ``channels`` or the
+    colour-shape stem's ``hidden_dim`` (unused by the linear one); ``kwargs`` go to the layer (name, dtype)."""
+    if stem not in PATCH_STEMS:
+        raise ValueError(f"patch_stem must be one of {list(PATCH_STEMS)}, got {stem!r}")
+    return PATCH_STEMS[stem].make(image_size, patch_size, model_dim, hidden_dim, **kwargs)
+
+
 @keras.saving.register_keras_serializable(package="minicap")
 class VisionEncoder(keras.layers.Layer):
     """A Vision Transformer from scratch: patches -> patch encoder (+ positions) -> N encoder layers.
@@ -176,14 +175,15 @@ class VisionEncoder(keras.layers.Layer):
         num_heads: attention heads per layer.
         mlp_dim: hidden width of the feed-forward blocks.
         dropout: dropout rate inside the layers and on the patch embeddings.
-        patch_stem: ``"linear"`` (ViT's ``PatchEncoder``: a Dense projection of the raw pixels) or
-            ``"colour-shape"`` (``ColourShapePatchEncoder``: a shape vector plus a colour vector).
+        patch_stem: a key of ``PATCH_STEMS``: ``"linear"`` (ViT's ``PatchEncoder``: a Dense projection of the
+            raw pixels), ``"conv"`` (``ConvPatchEncoder``: a convolutional stem) or ``"colour-shape"``
+            (``ColourShapePatchEncoder``: a shape vector plus a colour vector, the appendix's).
         output_positions: add the patch grid's 2-D sinusoidal encoding to the output too, where the
             decoder's cross-attention reads it. Positions added only to the input fade through the
             layers (the content grows, the position does not); relations such as "left of" need
             them. DETR (Carion et al., 2020) adds them at its decoder's cross-attention likewise.
             ``model_dim`` must then be divisible by 4.
-        stem_hidden_dim: the colour-shape stem's ``hidden_dim`` (0: linear projections).
+        stem_hidden_dim: the conv stem's ``channels`` or the colour-shape stem's ``hidden_dim`` (0: their default).
 
     Call arguments:
         images: ``(batch, image_size, image_size, 3)`` floats in [0, 1] (rescaled to [-1, 1] inside
@@ -201,8 +201,6 @@ class VisionEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         if num_layers < 0:
             raise ValueError(f"num_layers must be 0 or more, got {num_layers}")
-        if patch_stem not in PATCH_STEMS:
-            raise ValueError(f"patch_stem must be one of {PATCH_STEMS}, got {patch_stem!r}")
         grid = check_image_shape((None, image_size, image_size, 3), patch_size)
         self.image_size = image_size
         self.patch_size = patch_size
@@ -219,14 +217,8 @@ class VisionEncoder(keras.layers.Layer):
         self.num_patches = grid[0] * grid[1]
         policy = self.dtype_policy
         self.patches = Patches(patch_size, dtype=policy, name="patches")
-        if patch_stem == "linear":
-            self.patch_encoder = PatchEncoder(self.num_patches, model_dim, dtype=policy, name="patch_encoder")
-        elif patch_stem == "conv":
-            self.patch_encoder = ConvPatchEncoder(image_size, patch_size, model_dim, channels=stem_hidden_dim,
-                                                  dtype=policy, name="patch_encoder")
-        else:
-            self.patch_encoder = ColourShapePatchEncoder(image_size, patch_size, model_dim, hidden_dim=stem_hidden_dim,
-                                                         dtype=policy, name="patch_encoder")
+        self.patch_encoder = make_patch_stem(patch_stem, image_size, patch_size, model_dim, stem_hidden_dim,
+                                             dtype=policy, name="patch_encoder")
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy)
         self.encoder_layers = [
             EncoderLayer(model_dim, num_heads, mlp_dim, dropout, dtype=policy, name=f"encoder_layer_{i}")
@@ -237,7 +229,8 @@ class VisionEncoder(keras.layers.Layer):
     def build(self, input_shape):
         self._check_images(input_shape)
         sequence_shape = (input_shape[0], self.num_patches, self.model_dim)
-        stem_input = input_shape if self.patch_stem != "linear" else self.patches.compute_output_shape(input_shape)
+        reads_patches = PATCH_STEMS[self.patch_stem].reads_patches
+        stem_input = self.patches.compute_output_shape(input_shape) if reads_patches else input_shape
         sublayers = [(self.patch_encoder, stem_input)]
         sublayers += [(layer, sequence_shape) for layer in self.encoder_layers + [self.final_norm]]
         for sublayer, shape in sublayers:
@@ -254,12 +247,9 @@ class VisionEncoder(keras.layers.Layer):
     def call(self, images, return_attention_scores=False, training=None):
         self._check_images(ops.shape(images))
         images = ops.cast(images, self.compute_dtype)
-        if self.patch_stem == "linear":
-            x = self.patch_encoder(self.patches(images * 2.0 - 1.0))  # [0, 1] -> [-1, 1], centred; (B, N, d)
-        elif self.patch_stem == "conv":
-            x = self.patch_encoder(images * 2.0 - 1.0)  # (B, N, d)
-        else:
-            x = self.patch_encoder(images)  # (B, N, d)
+        stem = PATCH_STEMS[self.patch_stem]
+        x = images * 2.0 - 1.0 if stem.centred else images  # [0, 1] -> [-1, 1] for the stems that want it
+        x = self.patch_encoder(self.patches(x) if stem.reads_patches else x)  # (B, N, d)
         x = self.embedding_dropout(x, training=training)
         all_weights = []
         for layer in self.encoder_layers:
@@ -284,111 +274,5 @@ class VisionEncoder(keras.layers.Layer):
             "num_layers": self.num_layers, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
             "dropout": self.dropout, "patch_stem": self.patch_stem, "output_positions": self.output_positions,
             "stem_hidden_dim": self.stem_hidden_dim,
-        })
-        return config
-
-
-def import_vit_keras():
-    """Import vit-keras's ``vit`` and ``utils`` modules, or raise an ImportError that says how to install it."""
-    try:
-        from vit_keras import utils, vit
-    except ImportError as error:
-        raise ImportError(f"{VIT_INSTALL_HINT}\n(import failed: {error})") from error
-    return vit, utils
-
-
-@keras.saving.register_keras_serializable(package="minicap")
-class ViTBackbone(keras.layers.Layer):
-    """A (pretrained) ViT from vit-keras, returning every patch token: the image's "features".
-
-    The article's implementation (``CaptionConfig(vit_implementation="vit-keras")``); minicap's own,
-    ``minicap.vit.PretrainedViT``, loads the same weights and computes the same features without it.
-
-    vit-keras's model ends by keeping the class token only (for classification); this layer taps
-    the sequence after the encoder's final layer norm instead and drops the class token, so the
-    caption decoder can attend to each of the ``num_patches`` patch tokens. They are
-    ``hidden_size`` wide (768 for ViT-B); ``CaptionModel`` projects them to the decoder's width
-    with a trainable Dense layer. When the ViT is frozen its output never changes during training,
-    so it can be computed once per image and cached (``minicap.data.features``).
-
-    The layer's config holds the architecture only: constructing it never downloads anything.
-    Call ``load_weights_from(weights)`` to load pretrained weights (``CaptionModel`` does so when
-    it is created from a ``CaptionConfig``); a saved ``.keras`` model restores them from the file.
-
-    Args:
-        image_size: side of the square input images, divisible by ``patch_size``.
-        variant: ``"vit-b16"`` or ``"vit-b32"``, or ``None`` to give the architecture below.
-        freeze: keep the ViT's weights fixed, and run it without dropout.
-        patch_size, hidden_size, num_layers, num_heads, mlp_dim: the ViT architecture when
-            ``variant`` is None (small configurations for tests and experiments).
-        dropout: dropout rate inside the ViT when it is trained.
-
-    Call arguments:
-        images: ``(batch, image_size, image_size, 3)`` floats in [0, 1] (mapped to vit-keras's
-            [-1, 1] inside).
-        training: enables dropout (in the ViT only when not frozen).
-
-    Returns:
-        ``(batch, num_patches, hidden_size)``: the patch tokens, without the class token.
-
-    Reference: Dosovitskiy et al., "An image is worth 16x16 words" (2020).
-    """
-
-    def __init__(self, image_size, variant="vit-b32", freeze=True, patch_size=None, hidden_size=None,
-                 num_layers=None, num_heads=None, mlp_dim=None, dropout=0.0, **kwargs):
-        super().__init__(**kwargs)
-        architecture = vit_architecture(variant, patch_size=patch_size, hidden_size=hidden_size,
-                                        num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim)
-        self.image_size = image_size
-        self.variant = variant
-        self.freeze = freeze
-        self.patch_size, self.hidden_size = patch_size, hidden_size
-        self.num_layers, self.num_heads, self.mlp_dim = num_layers, num_heads, mlp_dim
-        self.dropout = dropout
-        self.architecture = architecture
-        grid = check_image_shape((None, image_size, image_size, 3), architecture["patch_size"])
-        self.num_patches = grid[0] * grid[1]
-        self.output_dim = architecture["hidden_size"]
-        vit, _ = import_vit_keras()
-        full = vit.build_model(
-            image_size=image_size, name=variant or "vit", classes=1, include_top=False, dropout=dropout,
-            **architecture,
-        )
-        # The sequence (class token + patches) before vit-keras's "ExtractToken" keeps only the class token.
-        self.vit = keras.Model(full.input, full.get_layer("Transformer_encoder_norm").output, name="vit")
-        self.vit.trainable = not freeze
-
-    def build(self, input_shape):
-        self.built = True  # the vit-keras model was built when it was created
-
-    def load_weights_from(self, weights="imagenet21k+imagenet2012", file_hash=None):
-        """Load pretrained weights: a name in ``VIT_WEIGHTS`` (found or downloaded by
-        ``minicap.vit_weights.weights_file``, the same files vit-keras downloads, checked against
-        ``file_hash`` when given) or the path of a local ``.npz`` file in the official format."""
-        _, utils = import_vit_keras()
-        grid = self.image_size // self.architecture["patch_size"]
-        path = weights_file(weights, self.variant, file_hash=file_hash)
-        utils.load_weights_numpy(model=self.vit, params_path=path, pretrained_top=False,
-                                 num_x_patches=grid, num_y_patches=grid)
-
-    def call(self, images, training=None):
-        if tuple(ops.shape(images)[1:3]) != (self.image_size, self.image_size):
-            raise ValueError(
-                f"ViTBackbone built for {self.image_size}x{self.image_size} images got input of shape "
-                f"{tuple(ops.shape(images))}"
-            )
-        images = ops.cast(images, self.compute_dtype) * 2.0 - 1.0  # vit-keras expects [-1, 1]
-        tokens = self.vit(images, training=False if self.freeze else training)  # (B, 1 + N, hidden)
-        return tokens[:, 1:]  # (B, N, hidden): the patch tokens, without the class token
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_patches, self.output_dim)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "image_size": self.image_size, "variant": self.variant, "freeze": self.freeze,
-            "patch_size": self.patch_size, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-            "num_heads": self.num_heads, "mlp_dim": self.mlp_dim, "dropout": self.dropout,
         })
         return config

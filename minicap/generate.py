@@ -145,6 +145,16 @@ class Generator:
         _, tokens, _, _ = ops.while_loop(keep_going, one_step, (0, tokens, done, cache))
         return tokens
 
+    def decode(self, images, method="greedy", **options):
+        """Token ids ``(batch, max_length + 1)`` written by ``method``: ``"greedy"`` (:meth:`greedy`),
+        ``"beam"`` (:meth:`beam_search`: ``beam_width``, ``length_penalty``) or ``"sample"`` (:meth:`sample`:
+        ``temperature``, ``top_k``, ``seed``), with its ``options``. The one entry point of evaluation,
+        the command line and the attention explorer."""
+        methods = {"greedy": self.greedy, "beam": self.beam_search, "sample": self.sample}
+        if method not in methods:
+            raise ValueError(f"unknown decoding method {method!r}; choose one of {sorted(methods)}")
+        return methods[method](images, **options)
+
     def greedy(self, images, cached=True, reencode=True):
         """The most likely word at every step.
 
@@ -219,10 +229,6 @@ class Generator:
 
 
 def caption(model, tokenizer, images, method="greedy", **options):
-    """Captions (strings) for float images ``(batch, H, W, 3)``: ``method`` is greedy, beam or sample."""
+    """Captions (strings) for float images ``(batch, H, W, 3)``, written by ``method`` (see ``Generator.decode``)."""
     generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
-    methods = {"greedy": generator.greedy, "beam": generator.beam_search, "sample": generator.sample}
-    if method not in methods:
-        raise ValueError(f"unknown decoding method {method!r}; choose one of {sorted(methods)}")
-    return tokenizer.decode_batch(methods[method](images, **options))
-
+    return tokenizer.decode_batch(generator.decode(images, method, **options))

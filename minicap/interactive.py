@@ -18,8 +18,11 @@ import itertools
 import json
 import zlib
 
+import matplotlib
 import numpy as np
+from PIL import Image
 
+from minicap.generate import Generator
 from minicap.plot import to_numpy
 
 SCALE = 10_000  # weights travel as integers in units of 1e-4 (4 decimals) to keep pages small
@@ -28,8 +31,6 @@ _COUNTER = itertools.count(1)
 
 def _inferno():
     """The inferno colour map (as in show_word_attention) as a 256-colour hex string, and CSS stops."""
-    import matplotlib
-
     colours = np.round(matplotlib.colormaps["inferno"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(int)
     table = "".join(f"{r:02x}{g:02x}{b:02x}" for r, g, b in colours)
     stops = ", ".join(f"#{table[6 * i:6 * i + 6]} {i / 255:.0%}" for i in range(0, 256, 51))
@@ -121,8 +122,6 @@ class AttentionExplorer:
         return data
 
     def _image_uri(self):
-        from PIL import Image
-
         buffer = io.BytesIO()
         Image.fromarray(self.image).save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -183,8 +182,6 @@ def explore_caption(model, tokenizer, image, tokens=None, method="greedy", layer
     the first) and whose output is word ``i``: the rows of ``cross_attention(model, images,
     tokens[:, :-1])``. An empty caption (``[END]`` first) is explored as the one word ``[END]``.
     """
-    from minicap.generate import Generator
-
     pixels = np.asarray(to_numpy(image))
     pixels = pixels.astype("float32") / 255.0 if pixels.dtype == np.uint8 else pixels.astype("float32")
     size = model.config.image_size
@@ -192,10 +189,7 @@ def explore_caption(model, tokenizer, image, tokens=None, method="greedy", layer
         raise ValueError(f"image has shape {pixels.shape}, expected ({size}, {size}, 3) for this model")
     if tokens is None:
         generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
-        decoders = {"greedy": generator.greedy, "beam": generator.beam_search, "sample": generator.sample}
-        if method not in decoders:
-            raise ValueError(f"unknown decoding method {method!r}; choose one of {sorted(decoders)}")
-        tokens = decoders[method](pixels[None], **options)[0]
+        tokens = generator.decode(pixels[None], method, **options)[0]
     tokens = np.asarray(to_numpy(tokens)).reshape(-1)
     if not tokens.size or tokens[0] != tokenizer.start_id:
         raise ValueError(f"tokens must begin with [START] (id {tokenizer.start_id}), as the decoders of "

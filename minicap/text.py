@@ -33,7 +33,7 @@ def standardize(text):
     'a small red circle'
     """
     if not isinstance(text, str):
-        raise ValueError(f"expected a caption as a str, got {type(text).__name__}: {text!r}")
+        raise ValueError(f"expected a caption string (a str), got {type(text).__name__}: {text!r}")
     return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
 
 

@@ -11,7 +11,7 @@ embeddings resized, as vit-keras does. Given the same file, it computes what vit
 needs no package beyond Keras.
 
 :func:`pretrained_vit` is the one place that chooses between this implementation (``"minicap"``) and
-vit-keras's (``"vit-keras"``, :class:`minicap.encoder.ViTBackbone`, the article's library).
+vit-keras's (``"vit-keras"``, :class:`minicap.vit_keras.ViTBackbone`, the article's library).
 
 Reference: Dosovitskiy et al., "An image is worth 16x16 words: Transformers for image recognition at
 scale" (2020).
@@ -23,10 +23,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from minicap.encoder import NORM_EPSILON, EncoderLayer, ViTBackbone, vit_architecture
+from minicap.encoder import NORM_EPSILON, EncoderLayer
 from minicap.patches import Patches, check_image_shape
 from minicap.positional import PositionEmbedding
-from minicap.vit_weights import weights_file
+from minicap.vit_keras import ViTBackbone
+from minicap.vit_weights import vit_architecture, weights_file
 
 # The implementations of the pretrained backbone: minicap's own layers, or vit-keras's model.
 VIT_IMPLEMENTATIONS = ("minicap", "vit-keras")
@@ -234,7 +235,7 @@ def pretrained_vit(image_size, variant="vit-b32", implementation="minicap", free
     Args:
         image_size, variant, freeze: as ``PretrainedViT`` and ``ViTBackbone`` take them.
         implementation: ``"minicap"`` (:class:`PretrainedViT`, minicap's layers, needs nothing but Keras)
-            or ``"vit-keras"`` (:class:`minicap.encoder.ViTBackbone`, the article's library, installed
+            or ``"vit-keras"`` (:class:`minicap.vit_keras.ViTBackbone`, the article's library, installed
             with the ``vit`` extra). Both load the same official weights and compute the same features.
         **kwargs: passed on to the layer (``dtype``, ``name``, the architecture of ``variant=None``).
     """

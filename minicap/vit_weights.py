@@ -1,4 +1,4 @@
-"""Where the pretrained ViT-B weights come from: the official ``.npz`` files, from a local path, a mirror
+"""The official pretrained ViT-B variants: their architecture, and where their weights come from: the official ``.npz`` files, from a local path, a mirror
 or GitHub, each checksum-verified (chapter 4).
 
 Google released the weights of the ViT paper (Dosovitskiy et al., 2020) as ``.npz`` files of named arrays
@@ -32,6 +32,27 @@ VIT_WEIGHTS = ("imagenet21k+imagenet2012", "imagenet21k")
 # Where vit-keras downloads the official files from.
 GITHUB_RELEASE_URL = "https://github.com/faustomorales/vit-keras/releases/download/dl"
 MIRROR_VARIABLE = "MINICAP_VIT_MIRROR"
+# The pretrained backbones: ViT-B/16 and ViT-B/32 (ViT-Base: 12 layers, width 768).
+VIT_VARIANTS = {
+    "vit-b16": dict(patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    "vit-b32": dict(patch_size=32, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+}
+
+
+def vit_architecture(variant, **given):
+    """The ViT architecture of ``variant`` (a key of ``VIT_VARIANTS``, or None) with the sizes in ``given``
+    (``patch_size``, ``hidden_size``, ``num_layers``, ``num_heads``, ``mlp_dim``) that are not None."""
+    if variant is not None and variant not in VIT_VARIANTS:
+        raise ValueError(f"unknown ViT variant {variant!r}; choose one of {sorted(VIT_VARIANTS)} or None")
+    architecture = dict(VIT_VARIANTS[variant]) if variant else {}
+    for name in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim"):
+        if given.get(name) is not None:
+            architecture[name] = given[name]
+        elif name not in architecture:
+            raise ValueError(f"a ViT with variant=None needs {name}; got None")
+    return architecture
+
+
 # The size part of the official file names, per variant.
 FILE_SIZES = {"vit-b16": "B_16", "vit-b32": "B_32"}
 

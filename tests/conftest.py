@@ -38,7 +38,7 @@ def require(module_name, reason=None):
 
 
 # A training run of seconds on a CPU, for tests that need a trained model on disk (the run_dir fixture).
-# Run eagerly: faster than a compiled step for a model this small (see tests/test_trainer.py's TINY).
+# Run eagerly: faster than a compiled step for a model this small (see tests/test_train.py's TINY).
 TINY_RUN = dict(num_train=32, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
                 num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=1,
                 warmup_steps=5, checkpoint_every=2, run_eagerly=True)
@@ -47,10 +47,11 @@ TINY_RUN = dict(num_train=32, num_val=8, image_size=32, patch_size=8, max_object
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A finished tiny training run (TINY_RUN): model.keras, tokenizer.json, config.json, ...; read it, don't change it."""
-    from minicap import trainer
+    from minicap.config import profile
+    from minicap.train import train
 
     path = tmp_path_factory.mktemp("run") / "run"
-    trainer.train(trainer.profile("quick", **TINY_RUN), path, verbose=0)
+    train(profile("quick", **TINY_RUN), path, verbose=0)
     keras.mixed_precision.set_global_policy("float32")
     return path
 

@@ -15,7 +15,8 @@ import bench_faithfulness
 import bench_report
 import bench_stock
 import bench_train
-from minicap import trainer, training
+from minicap import training
+from minicap.config import model_config, profile
 from minicap.cli import main
 from minicap.data.shapes import make_shapes
 from minicap.model import CaptionConfig, CaptionModel
@@ -54,7 +55,7 @@ def test_forward_flops_match_a_hand_count():
 def test_vit_b32_config_is_the_article_model():
     config = bench_stock.vit_b32_config()
     assert (config.image_size, config.patch_size, config.num_patches) == (224, 32, 49)
-    assert (config.encoder_layers, config.encoder_width, config.encoder_num_heads, config.encoder_mlp_width) == (
+    assert (config.encoder_layers, config.encoder_dim, config.encoder_heads, config.encoder_mlp_dim) == (
         12, 768, 12, 3072)
     assert (config.decoder_layers, config.model_dim, config.num_heads) == (4, 512, 8)
     assert (config.max_length, config.vocab_size) == (24, 8000)
@@ -132,12 +133,12 @@ def test_stock_build_computes_what_caption_model_computes():
 
 
 def test_quick_config_follows_the_quick_profile():
-    model = trainer.profile("quick").model
+    model = profile("quick").model
     config = bench_stock.quick_config(30, max_length=20)
     assert (config.image_size, config.patch_size, config.model_dim, config.encoder_layers, config.vocab_size,
             config.max_length) == (model.image_size, model.patch_size, model.model_dim, model.encoder_layers, 30, 20)
     assert (config.patch_stem, config.output_positions) == ("linear", False)  # what stock Keras can build
-    settings = trainer.profile("quick", model_dim=32, num_heads=4)
+    settings = profile("quick", model_dim=32, num_heads=4)
     assert bench_stock.quick_config(30, settings=settings).model_dim == 32
 
 
@@ -250,11 +251,11 @@ def test_bench_command_writes_the_json(tmp_path, capsys):
 def test_feature_cache_bench_times_both_inputs_and_extrapolates_per_epoch_and_run():
     # Without XLA: compiling two ViT-B/32 models for a CPU costs a third of this test, and the figures' logic is
     # the same (bench_training_step times the XLA setting of each backend).
-    record = bench_train.bench_feature_cache(trainer.profile("photos"), batch_size=2, steps=1, image_steps=1,
+    record = bench_train.bench_feature_cache(profile("photos"), batch_size=2, steps=1, image_steps=1,
                                              repeats=1, jit="off")
     assert record["seconds_per_step_repeats"] == {"cached": [record["seconds_per_step_cached"]],
                                                   "images": [record["seconds_per_step_images"]]}
-    photos = trainer.profile("photos")
+    photos = profile("photos")
     sizes = (record["image_size"], record["num_patches"], record["feature_dim"], record["batch_size"])
     assert sizes == (224, 49, 768, 2)
     assert (record["model_dim"], record["num_heads"], record["decoder_layers"], record["epochs"]) == (
@@ -268,7 +269,7 @@ def test_feature_cache_bench_times_both_inputs_and_extrapolates_per_epoch_and_ru
     assert record["backbone_flops_per_image"] == bench_stock.encoder_flops(bench_stock.vit_b32_config())
     assert 8.6e9 < record["backbone_flops_per_image"] < 8.8e9
     decoder = record["decoder_training_flops_per_image"]
-    assert decoder == 3 * bench_stock.decoder_flops(trainer.model_config(photos, 3000, 0))
+    assert decoder == 3 * bench_stock.decoder_flops(model_config(photos, 3000, 0))
     assert record["flops_images_over_cached"] == pytest.approx((record["backbone_flops_per_image"] + decoder) / decoder)
     assert record["run_seconds_cached"] == pytest.approx(
         record["feature_seconds"] + record["epochs"] * record["epoch_seconds_cached"])

@@ -23,7 +23,8 @@ from minicap.data.faithfulness import check_caption
 from minicap.data.folder import load_caption_folder
 from minicap.data.images import load_image
 from minicap.data.shapes import make_shapes
-from minicap.evaluate import cider_d, corpus_bleu, evaluate_shapes
+from minicap.evaluate import evaluate_shapes
+from minicap.metrics import cider_d, corpus_bleu
 from minicap.generate import Generator
 from minicap.model import load_captioner
 from photo_stand_ins import write_caption_folder

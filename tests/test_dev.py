@@ -217,3 +217,12 @@ def test_the_tasks_run_by_path_with_the_standard_library_only(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("usage: python3 tools/dev.py [-h] {setup,book,test,browser,browser-deps}")
+
+
+def test_the_table_of_contents_is_read_without_yaml_in_the_running_python():
+    """The book command stages the book before it has anything but the standard library: a Python without
+    PyYAML (``-S``: no site-packages) reads ``_toc.yml`` through the environment's interpreter, the same."""
+    read = f"import sys; sys.path.insert(0, {str(ROOT / 'tools')!r}); import dev; print(dev.toc_documents())"
+    done = subprocess.run([sys.executable, "-S", "-c", read], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(dev.toc_documents())

@@ -90,10 +90,12 @@ def test_minicap_train_devices_2_without_two_devices_fails_before_writing(tmp_pa
 
 
 def test_devices_is_a_setting_and_an_option():
-    from minicap import cli, trainer
+    from minicap import cli
+    from minicap.config import profile, TrainConfig
+    from minicap.train import cached_backbone_features, load_run, train
 
-    assert trainer.profile("quick").devices == 0
-    assert trainer.profile("quick", devices=2).devices == 2  # --set devices=2
+    assert profile("quick").devices == 0
+    assert profile("quick", devices=2).devices == 2  # --set devices=2
     assert cli.build_parser().parse_args(["train", "--devices", "2"]).devices == 2
 
 
@@ -119,7 +121,8 @@ def test_a_short_batch_is_padded_with_targets_the_loss_ignores():
 
 
 def test_a_resume_may_train_on_another_number_of_devices(tmp_path):
-    from minicap import trainer
+    from minicap.config import profile, TrainConfig
+    from minicap.train import cached_backbone_features, load_run, train
 
     class Crash(Exception):
         pass
@@ -129,19 +132,19 @@ def test_a_resume_may_train_on_another_number_of_devices(tmp_path):
             if batch + 1 == 3:
                 raise Crash
 
-    config = trainer.profile("quick", **{**TINY, "epochs": 1, "run_eagerly": True})
+    config = profile("quick", **{**TINY, "epochs": 1, "run_eagerly": True})
     with pytest.raises(Crash):
-        trainer.train(config, tmp_path / "run", verbose=0, callbacks=[CrashAt()])
+        train(config, tmp_path / "run", verbose=0, callbacks=[CrashAt()])
     # As if the interrupted segment had run on two GPUs: the device count is not a setting a resume must match.
     saved = tmp_path / "run" / "train_config.json"
     saved.write_text(json.dumps({**json.loads(saved.read_text()), "devices": 2}))
-    result = trainer.train(config, tmp_path / "run", verbose=0)
+    result = train(config, tmp_path / "run", verbose=0)
     assert result.resumed_from_step == 2
     assert [segment["from_step"] for segment in result.history["segments"]] == [0, 2]
     with pytest.raises(Crash):  # while a change of what is computed is still refused
-        trainer.train(config.replace(seed=1), tmp_path / "other", verbose=0, callbacks=[CrashAt()])
+        train(config.replace(seed=1), tmp_path / "other", verbose=0, callbacks=[CrashAt()])
     with pytest.raises(ValueError, match=r"different settings \(seed\)"):
-        trainer.train(config, tmp_path / "other", verbose=0)
+        train(config, tmp_path / "other", verbose=0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,7 +235,8 @@ def test_models_trained_on_two_devices_load_on_one(worker, loaded, run):
 def _worker(out):
     """Train TINY on one device and on two, crash and resume on two, compute backbone features on one
     device and on two; write what happened to ``out/results.json`` and ``out/features.npz``."""
-    from minicap import trainer
+    from minicap.config import profile, TrainConfig
+    from minicap.train import cached_backbone_features, load_run, train
 
     class Crash(Exception):
         pass
@@ -243,7 +247,7 @@ def _worker(out):
                 raise Crash
 
     # XLA compiles slowly on TensorFlow CPUs; JAX always compiles.
-    config = trainer.profile("quick", **TINY, jit_compile="off" if keras.backend.backend() == "tensorflow" else "auto")
+    config = profile("quick", **TINY, jit_compile="off" if keras.backend.backend() == "tensorflow" else "auto")
     runs = {}
 
     def record(name, result, seconds):
@@ -256,17 +260,17 @@ def _worker(out):
 
     for name, devices in (("one", 1), ("two", 2)):
         start = time.perf_counter()
-        record(name, trainer.train(config.replace(devices=devices), out / name, verbose=0),
+        record(name, train(config.replace(devices=devices), out / name, verbose=0),
                time.perf_counter() - start)
     try:
-        trainer.train(config.replace(devices=2), out / "resumed", verbose=0, callbacks=[CrashAt()])
+        train(config.replace(devices=2), out / "resumed", verbose=0, callbacks=[CrashAt()])
     except Crash:
         pass
     from minicap.distribute import replicas
 
     assert replicas() == 1  # the crash left the devices' scope
     start = time.perf_counter()
-    record("resumed", trainer.train(config.replace(devices=2), out / "resumed", verbose=0), time.perf_counter() - start)
+    record("resumed", train(config.replace(devices=2), out / "resumed", verbose=0), time.perf_counter() - start)
     np.savez(out / "features.npz", *_features(out))
     results = {"runs": runs}
     (out / "results.json").write_text(json.dumps(results))
@@ -277,7 +281,8 @@ def _features(out):
     (batches of 4: the last batch, of 3, is padded to split across the 2 devices)."""
     from PIL import Image
 
-    from minicap import trainer
+    from minicap.config import profile, TrainConfig
+    from minicap.train import cached_backbone_features, load_run, train
     from minicap.distribute import data_parallel
     from minicap.model import CaptionConfig, CaptionModel
 
@@ -291,14 +296,14 @@ def _features(out):
     features, weights = [], None
     for devices in (data_parallel(1), data_parallel(2)):
         model_config = CaptionConfig(vocab_size=20, **model_settings)
-        config = trainer.TrainConfig(model=model_config, batch_size=4, data_dir=str(out / f"features-{len(devices)}"))
+        config = TrainConfig(model=model_config, batch_size=4, data_dir=str(out / f"features-{len(devices)}"))
         with devices.scope():
             model = CaptionModel(model_config)
             model(_sample_batch())
             if weights is not None:  # the one-device model's weights
                 model.set_weights(weights)
             weights = model.get_weights()
-            features.append(np.asarray(trainer.cached_backbone_features(model, paths, config, progress=False),
+            features.append(np.asarray(cached_backbone_features(model, paths, config, progress=False),
                                        np.float32))
     return features
 
@@ -309,12 +314,13 @@ def _sample_batch():
 
 def _load(directories):
     """Print the outputs of the models in ``directories`` (one device, no distribution), as a JSON list."""
-    from minicap import trainer
+    from minicap.config import profile, TrainConfig
+    from minicap.train import cached_backbone_features, load_run, train
 
     from minicap.distribute import replicas
 
     assert replicas() == 1
-    print(json.dumps([_outputs(*trainer.load_run(directory)) for directory in directories]))
+    print(json.dumps([_outputs(*load_run(directory)) for directory in directories]))
 
 
 if __name__ == "__main__":

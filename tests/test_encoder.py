@@ -8,7 +8,8 @@ from keras import ops
 
 from conftest import require
 from layer_checks import check_layer
-from minicap.encoder import VIT_INSTALL_HINT, EncoderLayer, FeedForward, ViTBackbone, VisionEncoder
+from minicap.encoder import EncoderLayer, FeedForward, VisionEncoder
+from minicap.vit_keras import VIT_INSTALL_HINT, ViTBackbone
 from photo_stand_ins import official_key, write_vit_weights
 
 

@@ -120,17 +120,16 @@ def test_archive_member_outside_cache_is_refused(tmp_path):
 
 
 def test_a_photos_run_loads_flickr8k_from_a_mirror_with_verified_archives(tmp_path):
-    from minicap.data import real_datasets
+    from minicap.config import profile
+    from minicap.data.datasets import load_data, load_real_split
     from minicap.data.images import ImageFiles
     from minicap.data.pipeline import CaptionBatches
     from minicap.text import Tokenizer
 
-    from minicap import trainer
-
     url = _build(tmp_path / "server")
     hashes = _hashes(tmp_path / "server")
-    config = trainer.profile("photos", data_dir=str(tmp_path / "data"), data_url=url, data_hashes=hashes, image_size=32)
-    train, val = trainer.load_data(config)
+    config = profile("photos", data_dir=str(tmp_path / "data"), data_url=url, data_hashes=hashes, image_size=32)
+    train, val = load_data(config)
     assert (len(train), len(val), val.split) == (3, 1, "dev")
     assert os.path.isdir(tmp_path / "data" / "flickr8k")
     assert isinstance(train.images, ImageFiles) and train.images.shape == (3, 32, 32, 3)
@@ -139,10 +138,10 @@ def test_a_photos_run_loads_flickr8k_from_a_mirror_with_verified_archives(tmp_pa
     (x, tokens), _ = CaptionBatches(train.images, train.captions, tok, 8, batch_size=4)[0]
     assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32
     with pytest.raises(ValueError, match="unknown dataset 'flickr30k'"):
-        real_datasets.load_split(trainer.profile("quick", dataset="flickr30k"), "train")
+        load_real_split(profile("quick", dataset="flickr30k"), "train")
     with pytest.raises(ValueError, match=r"data_hashes for flickr8k name unknown archives \['photos'\]"):
-        trainer.load_data(trainer.profile("photos", data_hashes={"photos": "md5:0"}))
+        load_data(profile("photos", data_hashes={"photos": "md5:0"}))
     with pytest.raises(ValueError, match="checksum mismatch"):  # a mirror's archives are still verified
-        trainer.load_data(trainer.profile("photos", data_dir=str(tmp_path / "other"), data_url=url))
+        load_data(profile("photos", data_dir=str(tmp_path / "other"), data_url=url))
     with pytest.raises(ValueError, match="no image_size"):
         load_flickr8k("dev", tmp_path / "data" / "flickr8k", base_url=url, hashes=NO_HASHES).images

@@ -230,25 +230,27 @@ def _names(data):
 
 
 def test_a_run_on_a_folder_validates_on_a_tenth_of_the_images_it_never_trains_on(tmp_path):
-    from minicap import trainer
+    from minicap.config import profile
+    from minicap.data.datasets import load_data
 
     names = _many(tmp_path / "mine", 30)
-    config = trainer.profile("quick", dataset=str(tmp_path / "mine"))
-    train, val = trainer.load_data(config)
+    config = profile("quick", dataset=str(tmp_path / "mine"))
+    train, val = load_data(config)
     assert len(val) == 3 and len(train) == 27
     assert not set(_names(train)) & set(_names(val)) and set(_names(train)) | set(_names(val)) == set(names)
     assert all(captions == [f"caption {k} of {name}" for k in range(2)]
                for name, captions in zip(_names(train) + _names(val), train.captions + val.captions))
     # The same split on every call, and for the same images listed in another order, in another folder.
-    again_train, again_val = trainer.load_data(config)
+    again_train, again_val = load_data(config)
     assert (_names(again_train), _names(again_val)) == (_names(train), _names(val))
     _many(tmp_path / "shuffled", 30, shuffle_seed=5)
-    shuffled_train, shuffled_val = trainer.load_data(config.replace(dataset=str(tmp_path / "shuffled")))
+    shuffled_train, shuffled_val = load_data(config.replace(dataset=str(tmp_path / "shuffled")))
     assert set(_names(shuffled_val)) == set(_names(val)) and set(_names(shuffled_train)) == set(_names(train))
 
 
 def test_a_run_on_a_folder_with_a_split_column_uses_the_files_split(tmp_path):
-    from minicap import trainer
+    from minicap.config import profile
+    from minicap.data.datasets import load_data
 
     names = [f"photo_{index:03d}.png" for index in range(10)]
     for name in names:
@@ -259,7 +261,7 @@ def test_a_run_on_a_folder_with_a_split_column_uses_the_files_split(tmp_path):
     splits = {name: "val" if name in chosen else "test" if name in tested else "train" for name in names}
     _write(tmp_path / "captions.csv", "image,caption,split\n" + "".join(
         f"{name},caption of {name},{splits[name]}\n" for name in names))
-    train, val = trainer.load_data(trainer.profile("quick", dataset=str(tmp_path)))
+    train, val = load_data(profile("quick", dataset=str(tmp_path)))
     assert _names(val) == chosen
     assert _names(train) == [name for name in names if splits[name] == "train"]
     assert len(train) == 5

@@ -139,7 +139,7 @@ def test_model_rejects_bad_inputs():
 
 
 def test_the_default_vit_is_minicaps_and_vit_keras_is_one_setting_away(monkeypatch):
-    from minicap.encoder import ViTBackbone
+    from minicap.vit_keras import ViTBackbone
     from minicap.vit import PretrainedViT
 
     monkeypatch.setitem(sys.modules, "vit_keras", None)  # makes `import vit_keras` fail
@@ -177,7 +177,7 @@ def test_a_model_saved_before_the_native_vit_loads_with_vit_keras(tmp_path):
     require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
     import zipfile
 
-    from minicap.encoder import ViTBackbone
+    from minicap.vit_keras import ViTBackbone
 
     model = CaptionModel(_config(backbone="vit-b32", backbone_weights=None, vit_implementation="vit-keras"))
     model.save(tmp_path / "new.keras")
@@ -199,12 +199,14 @@ def test_a_model_saved_before_the_native_vit_loads_with_vit_keras(tmp_path):
 
 def test_encoder_sizes_default_to_the_decoders_and_old_configs_still_load():
     config = _config()
-    assert (config.encoder_width, config.encoder_num_heads, config.encoder_mlp_width) == (32, 2, 64)
+    assert (config.encoder_dim, config.encoder_heads, config.encoder_mlp_dim) == (None, None, None)
     old = {key: value for key, value in config.to_dict().items() if not key.startswith("encoder_") or
            key == "encoder_layers"}  # a config saved before the encoder sizes existed
     assert CaptionConfig.from_dict(old) == config
     model = CaptionModel(config)
-    assert model.encoder_projection is None and model.encoder.model_dim == 32
+    encoder = model.encoder  # None: the decoder's sizes
+    assert (encoder.model_dim, encoder.num_heads, encoder.mlp_dim) == (32, 2, 64)
+    assert model.encoder_projection is None and config.feature_dim == 32
 
 
 def test_wider_encoder_is_projected_to_the_decoder_width(tmp_path):

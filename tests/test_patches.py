@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import keras
 
-from minicap.patches import ColourShapePatchEncoder, ConvPatchEncoder, PatchEncoder, Patches
+from minicap.composition import ColourShapePatchEncoder
+from minicap.patches import ConvPatchEncoder, PatchEncoder, Patches
 from layer_checks import check_layer
 
 

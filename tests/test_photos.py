@@ -30,7 +30,8 @@ pytestmark = pytest.mark.single_backend
 DRIVER = """
 import os, signal, sys
 import keras
-from minicap import cli, trainer
+import minicap.train
+from minicap import cli
 
 where, at = sys.argv[1], int(sys.argv[2])
 if where == "train":
@@ -38,8 +39,8 @@ if where == "train":
         def on_train_batch_end(self, batch, logs=None):
             if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == at:
                 os.kill(os.getpid(), signal.SIGKILL)
-    train = trainer.train
-    trainer.train = lambda *args, **kwargs: train(*args, **{**kwargs, "callbacks": [Kill()]})
+    train = minicap.train.train
+    minicap.train.train = lambda *args, **kwargs: train(*args, **{**kwargs, "callbacks": [Kill()]})
 elif where == "features":
     predict, calls = keras.Model.predict_on_batch, []
     def counted(self, x):

@@ -2,7 +2,7 @@
 
 Image files (corrupt, truncated, directory, grayscale, RGBA, CMYK, 16-bit, huge) are covered in
 test_images.py; downloads and archives in test_download.py; tampered tokenizer files in
-test_text.py; kills during training in test_trainer.py. This module covers the rest, and the
+test_text.py; kills during training in test_train.py. This module covers the rest, and the
 command line's handling of them.
 """
 import json
@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_RUN
-from minicap import trainer
+from minicap.config import profile
+from minicap.train import train
 from minicap.checkpoint import Checkpointer, save_model_atomic
 from minicap.data.flickr8k import read_token_file
 from minicap.data.images import load_image
@@ -137,7 +138,7 @@ def test_a_crash_while_saving_the_model_keeps_the_old_file(tmp_path, run_dir, mo
 def test_mixed_precision_training_stays_finite(tmp_path):
     # Compiled on JAX: run op by op, every op would compile again for the new dtypes (17 s against 11 s).
     settings = {**TINY, "mixed_precision": True, "run_eagerly": keras.backend.backend() != "jax"}
-    result = trainer.train(trainer.profile("quick", **settings), tmp_path / "mixed", verbose=0)
+    result = train(profile("quick", **settings), tmp_path / "mixed", verbose=0)
     assert np.isfinite(result.history["loss"]).all()
     assert all(np.isfinite(e["val_loss"]) for e in result.history["epochs"])
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after training

@@ -4,11 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from minicap.data.shapes import (
-    COLOURS, HELDOUT_PAIRS, SHAPES, Scene, ShapeObject, check_caption, faithfulness_rate, make_shapes,
-    max_caption_words,
-)
-from minicap.data.faithfulness import parse_caption
+from minicap.data.faithfulness import check_caption, faithfulness_rate, parse_caption
+from minicap.data.shapes import COLOURS, HELDOUT_PAIRS, SHAPES, Scene, ShapeObject, make_shapes, max_caption_words
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
 pytestmark = pytest.mark.single_backend

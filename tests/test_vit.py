@@ -15,7 +15,7 @@ from keras import ops
 
 from conftest import require
 from layer_checks import check_layer
-from minicap.encoder import ViTBackbone
+from minicap.vit_keras import ViTBackbone
 from minicap.vit import (PretrainedViT, load_official_weights, official_layout, pretrained_vit,
                          resize_position_embeddings)
 from photo_stand_ins import official_shapes, write_vit_weights

@@ -13,7 +13,7 @@ Every figure comes from timings taken here, written to one JSON report and print
 3. **minicap against stock Keras**: images per second and MFU of a training step, of the quick
    profile's model and of ViT-B/32 (:mod:`bench_stock`).
 4. **Decoding**: captions per second, cached and naive greedy, beam search (:mod:`bench_stock`).
-5. **Time to 95% faithfulness**: the quick profile trained by ``trainer.train`` until 95% of its
+5. **Time to 95% faithfulness**: the quick profile trained by ``minicap.train.train`` until 95% of its
    greedy captions of 300 validation scenes are faithful (:mod:`bench_faithfulness`).
 
 ``--quick`` (the CI run) keeps every part small and leaves the ViT-B/32 ones out on a CPU. The peak
@@ -44,7 +44,7 @@ from bench_stock import (VIT_B32_BATCH_SIZES, bench_decoding, bench_pipeline, be
 from minicap.cli import UserError, parse_overrides  # noqa: E402
 from minicap.data.shapes import make_shapes  # noqa: E402
 from minicap.text import Tokenizer  # noqa: E402
-from minicap.trainer import profile  # noqa: E402
+from minicap.config import profile  # noqa: E402
 from minicap.training import resolve_jit_compile  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         skip_vit: leave out ViT-B/32 (default: only when ``quick`` on a CPU).
         backends: backends of the quick profile's step timings; others than the current one run in a
             subprocess each (default: the current one with ``quick``, else tensorflow and jax).
-        overrides: settings of the quick profile, as ``trainer.profile("quick", **overrides)`` takes them.
+        overrides: settings of the quick profile, as ``minicap.config.profile("quick", **overrides)`` takes them.
         skip_feature_cache: leave out the photos profile on cached features vs images (default: only
             when ``quick`` on a CPU).
         skip_faithfulness: leave out the time to 95% faithfulness.

@@ -43,7 +43,7 @@ def device_info():
 def resolve_policy(precision, device):
     """The dtype policy for ``precision``: "float32", "mixed" (bfloat16, or float16 on pre-Ampere
     GPUs) or "auto" (mixed on a GPU, float32 on a CPU, where bfloat16 matmuls are rarely faster)."""
-    from minicap.trainer import mixed_precision_dtype
+    from minicap.train import mixed_precision_dtype
 
     if precision not in ("auto", "float32", "mixed"):
         raise ValueError(f"precision must be 'auto', 'float32' or 'mixed', got {precision!r}")

@@ -1,6 +1,6 @@
 """Time to 95% faithfulness, the last figure of ``minicap bench``: how long until the captions are right?
 
-The quick profile trained by ``trainer.train`` while a callback captions 300 validation scenes greedily
+The quick profile trained by ``minicap.train.train`` while a callback captions 300 validation scenes greedily
 every few hundred steps; the first training time (evaluations left out) at which 95% of the captions are
 faithful to their scenes.
 """
@@ -11,7 +11,8 @@ import time
 
 import keras
 
-from minicap import trainer
+from minicap.data.datasets import load_data
+from minicap.train import make_batches, mixed_precision_dtype, train
 from minicap.training import resolve_jit_compile
 
 
@@ -22,7 +23,7 @@ class _Stop(Exception):
 class FaithfulnessCurve(keras.callbacks.Callback):
     """Every ``every`` steps, the faithfulness of greedy captions of ``scenes``, against training time.
 
-    Training time is wall-clock seconds since ``started`` (``trainer.train`` was called: its data,
+    Training time is wall-clock seconds since ``started`` (``minicap.train.train`` was called: its data,
     model and compilation count) less the time spent in these evaluations. Raises ``_Stop`` once the
     faithfulness reaches ``target`` (when ``stop_at_target``), or ``max_steps`` or ``max_seconds``
     are spent.
@@ -78,7 +79,7 @@ def first_and_best(points, target):
 
 def time_to_faithfulness(settings, target=0.95, every=250, num_scenes=300, max_steps=None, max_seconds=None,
                          log=print):
-    """Train ``settings`` (the quick profile) with ``trainer.train`` until its greedy captions of
+    """Train ``settings`` (the quick profile) with ``minicap.train.train`` until its greedy captions of
     ``num_scenes`` validation scenes are ``target`` faithful, or its epochs, ``max_steps`` or
     ``max_seconds`` (of training time) run out.
 
@@ -90,9 +91,9 @@ def time_to_faithfulness(settings, target=0.95, every=250, num_scenes=300, max_s
     from minicap.text import Tokenizer
 
     # The same tokenizer train() fits (its data are deterministic), and the validation scenes train() draws.
-    train_split, _ = trainer.load_data(settings.replace(num_val=1))
+    train_split, _ = load_data(settings.replace(num_val=1))
     tokenizer = Tokenizer.fit([c for refs in train_split.captions for c in refs], min_count=settings.min_word_count)
-    total_steps = settings.epochs * len(trainer.make_batches(settings, None, train_split, tokenizer, training=True))
+    total_steps = settings.epochs * len(make_batches(settings, None, train_split, tokenizer, training=True))
     scenes = make_shapes(num_scenes, split="val", seed=settings.seed + 1, image_size=settings.model.image_size,
                          max_objects=settings.max_objects)
     policy = keras.mixed_precision.global_policy().name
@@ -102,14 +103,14 @@ def time_to_faithfulness(settings, target=0.95, every=250, num_scenes=300, max_s
                                   log=log)
         try:
             with contextlib.redirect_stdout(sys.stderr):  # train's progress lines are not the bench's table
-                trainer.train(settings, run_dir, verbose=0, callbacks=[curve])
+                train(settings, run_dir, verbose=0, callbacks=[curve])
         except _Stop:
             pass
         finally:
             keras.mixed_precision.set_global_policy(policy)  # train() sets the profile's own
     reached, best = first_and_best(curve.points, target)
     model = settings.model
-    dtype_policy = "mixed_" + trainer.mixed_precision_dtype() if settings.mixed_precision else "float32"
+    dtype_policy = "mixed_" + mixed_precision_dtype() if settings.mixed_precision else "float32"
     return {"backend": keras.backend.backend(), "dtype_policy": dtype_policy, "figure": "time_to_faithfulness",
             "config": "quick",
             "target": target, "every": every, "val_scenes": num_scenes, "batch_size": settings.batch_size,

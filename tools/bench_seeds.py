@@ -2,7 +2,7 @@
 
 One seed's figure (chapter 5 prints seed 0's) says little about a profile: whether a small model learns
 the relations, or names a colour-and-shape pair it never saw, can depend on its initialisation. This
-trains ``trainer.profile(PROFILE, seed=s)`` for each seed, captions new validation scenes and held-out
+trains ``minicap.config.profile(PROFILE, seed=s)`` for each seed, captions new validation scenes and held-out
 scenes (unseen colour-and-shape pairs) greedily, and prints a row per seed: training seconds, both
 faithfulness rates, the held-out errors by kind and, on a second line, the validation errors by kind. The
 last lines give the worst and the mean.
@@ -30,9 +30,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from minicap import trainer  # noqa: E402
+from minicap.config import profile  # noqa: E402
+from minicap.train import train  # noqa: E402
 from minicap.cli import UserError, parse_overrides  # noqa: E402
-from minicap.data.shapes import check_caption, make_shapes  # noqa: E402
+from minicap.data.faithfulness import check_caption  # noqa: E402
+from minicap.data.shapes import make_shapes  # noqa: E402
 from minicap.evaluate import evaluate_shapes  # noqa: E402
 
 
@@ -79,17 +81,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
-        trainer.profile(args.profile, **overrides)  # unknown profile or setting: say so before training
+        profile(args.profile, **overrides)  # unknown profile or setting: say so before training
     except (UserError, ValueError) as error:
         parser.error(str(error))
     print(f"profile {args.profile!r}, overrides {overrides or 'none'}; {args.num} scenes per split")
     print(f"{'seed':>4} {'seconds':>8} {'validation':>11} {'held-out':>9}  held-out errors")
     held_out, validation = [], []
     for seed in args.seeds:
-        config = trainer.profile(args.profile, **{**overrides, "seed": seed})
+        config = profile(args.profile, **{**overrides, "seed": seed})
         with tempfile.TemporaryDirectory() as run_dir:
             start = time.perf_counter()
-            result = trainer.train(config, run_dir, verbose=0)
+            result = train(config, run_dir, verbose=0)
             seconds = time.perf_counter() - start
             # Evaluation scenes come from seeds no training run uses for its own data.
             val, val_kinds = faithfulness(result, config, "val", args.num, seed=1001)

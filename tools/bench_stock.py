@@ -42,10 +42,10 @@ def quick_config(vocab_size, max_length=None, dropout=None, settings=None):
     of ``vocab_size`` words, with ViT's linear patch embedding: the benchmark compares Transformers with
     their stock-Keras builds, and a colour-shape stem (a prior for the shapes scenes) has no stock
     counterpart."""
-    from minicap import trainer
+    from minicap.config import model_config, profile
 
-    settings = settings or trainer.profile("quick")
-    config = trainer.model_config(settings, vocab_size, pad_id=0)
+    settings = settings or profile("quick")
+    config = model_config(settings, vocab_size, pad_id=0)
     changes = {"max_length": max_length, "dropout": dropout, "patch_stem": "linear",
                "output_positions": False}
     return CaptionConfig.from_dict({**config.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
@@ -67,8 +67,8 @@ def _feed_forward_flops(positions, width, hidden):
 def encoder_flops(config):
     """Matmul FLOPs (2·m·n·k each) of one image through a scratch encoder: the patch embedding, then per
     layer the Q, K, V, O projections, the attention scores and weighted sum, and the MLP."""
-    patches, width = config.num_patches, config.encoder_width
-    layer = _attention_flops(patches, patches, width) + _feed_forward_flops(patches, width, config.encoder_mlp_width)
+    patches, width = config.num_patches, config.encoder_dim or config.model_dim
+    layer = _attention_flops(patches, patches, width) + _feed_forward_flops(patches, width, config.encoder_mlp_dim or config.mlp_dim)
     return 2 * patches * config.patch_size ** 2 * 3 * width + config.encoder_layers * layer
 
 
@@ -119,7 +119,7 @@ def build_stock_model(config):
 
     layers = keras.layers
     size, patch, tokens_length = config.image_size, config.patch_size, config.max_length
-    width, dim, patches = config.encoder_width, config.model_dim, config.num_patches
+    width, dim, patches = config.encoder_dim or config.model_dim, config.model_dim, config.num_patches
     rate = config.dropout
 
     def norm(name):
@@ -147,9 +147,9 @@ def build_stock_model(config):
     x = layers.Dropout(rate)(x)
     for i in range(config.encoder_layers):
         h = norm(f"encoder_{i}_attention_norm")(x)
-        x = residual(x, attention(h, h, width, config.encoder_num_heads, f"encoder_{i}_attention"))
+        x = residual(x, attention(h, h, width, config.encoder_heads or config.num_heads, f"encoder_{i}_attention"))
         h = norm(f"encoder_{i}_feed_forward_norm")(x)
-        x = residual(x, feed_forward(h, width, config.encoder_mlp_width, f"encoder_{i}_feed_forward"))
+        x = residual(x, feed_forward(h, width, config.encoder_mlp_dim or config.mlp_dim, f"encoder_{i}_feed_forward"))
     encoded = norm("encoder_final_norm")(x)
     if width != dim:
         encoded = layers.Dense(dim, name="encoder_projection")(encoded)  # (B, N, d)

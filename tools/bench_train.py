@@ -1,10 +1,10 @@
 """Benchmarks of training as ``minicap train`` runs it: the middle of ``minicap bench``.
 
-Three questions, answered on this machine with the profiles of :mod:`minicap.trainer` (the fourth, how
+Three questions, answered on this machine with the profiles of :mod:`minicap.config` (the fourth, how
 long until the captions are right, is :mod:`bench_faithfulness`'s):
 
 1. **Which XLA setting is fastest, on which backend?** The quick profile's training step, as
-   ``trainer.train`` takes it (``model.fit`` over the profile's ``CaptionBatches``, compiled by
+   ``minicap.train.train`` takes it (``model.fit`` over the profile's ``CaptionBatches``, compiled by
    ``compile_model``), with XLA on and off. Keras fixes its backend once per process, so each
    backend other than the current one runs in a subprocess (``python tools/bench_train.py``) and
    its records are merged. ``training.JIT_BY_BACKEND``, the "auto" setting, follows these numbers.
@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 import minicap  # noqa: E402
 from bench_device import context_of_this_process  # noqa: E402
 from bench_stock import decoder_flops, encoder_flops, vit_b32_config  # noqa: E402
-from minicap import trainer  # noqa: E402
+from minicap.config import model_config, TrainConfig  # noqa: E402
+from minicap.train import make_batches  # noqa: E402
 from minicap.model import CaptionModel  # noqa: E402
 from minicap.training import compile_model, resolve_jit_compile  # noqa: E402
 
@@ -132,14 +133,14 @@ def bench_training_step(settings, num_scenes=1024, steps=10, repeats=3, jits=Non
     from minicap.data.shapes import make_shapes
     from minicap.text import Tokenizer
 
-    settings = settings if isinstance(settings, trainer.TrainConfig) else trainer.TrainConfig.from_dict(settings)
+    settings = settings if isinstance(settings, TrainConfig) else TrainConfig.from_dict(settings)
     context = context_of_this_process(precision)
     backend = context["backend"]
     data = make_shapes(num_scenes, split="train", seed=settings.seed, image_size=settings.model.image_size,
                        max_objects=settings.max_objects)
     tokenizer = Tokenizer.fit([c for refs in data.captions for c in refs], min_count=settings.min_word_count)
-    batches = trainer.make_batches(settings, None, data, tokenizer, training=True, progress=False)
-    config = trainer.model_config(settings, len(tokenizer), tokenizer.pad_id)
+    batches = make_batches(settings, None, data, tokenizer, training=True, progress=False)
+    config = model_config(settings, len(tokenizer), tokenizer.pad_id)
     default = resolve_jit_compile("auto", CaptionModel(config))
     models = {}
     for jit in jits or JIT_SETTINGS.get(backend, ("off",)):
@@ -212,11 +213,11 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=1, repe
     Returns:
         one ``"feature_cache"`` record.
     """
-    settings = settings if isinstance(settings, trainer.TrainConfig) else trainer.TrainConfig.from_dict(settings)
+    settings = settings if isinstance(settings, TrainConfig) else TrainConfig.from_dict(settings)
     settings = settings.replace(backbone_weights=None)
     batch_size = batch_size or settings.batch_size
     context = context_of_this_process(precision)
-    config = trainer.model_config(settings, vocab_size, pad_id=0)
+    config = model_config(settings, vocab_size, pad_id=0)
     keras.utils.set_random_seed(settings.seed)
     model = _compile(CaptionModel(config), settings, jit)
     rng = np.random.default_rng(0)
@@ -224,7 +225,7 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=1, repe
     images = rng.random((count, config.image_size, config.image_size, 3), dtype=np.float32)
     tokens = rng.integers(1, vocab_size, (count, config.max_length + 1)).astype("int32")
 
-    # The features, as trainer.cached_backbone_features computes them: a compiled pass of the encoder.
+    # The features, as cached_backbone_features computes them: a compiled pass of the encoder.
     inputs = keras.Input((config.image_size, config.image_size, 3))
     extractor = keras.Model(inputs, model.encoder(inputs, training=False), name="feature_extractor")
     extractor.predict_on_batch(images[:batch_size])  # compiles

@@ -197,11 +197,22 @@ def _wait_with_cpu_time(process):
     return process.returncode, usage.ru_utime + usage.ru_stime
 
 
+def _load_yaml(path):
+    """The YAML file ``path`` as Python data. PyYAML comes with jupyter-book, in the environment: where the
+    interpreter running this script has none (a bare Python), the environment's interpreter reads the file."""
+    try:
+        import yaml
+    except ImportError:
+        read = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1], encoding='utf-8'))))"
+        completed = subprocess.run([str(venv_python()), "-c", read, str(path)], capture_output=True, text=True,
+                                   check=True)
+        return json.loads(completed.stdout)
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
 def toc_documents(root=ROOT):
     """The documents of ``_toc.yml`` (paths relative to ``root``, with their suffix), in reading order."""
-    import yaml  # installed with jupyter-book
-
-    toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
+    toc = _load_yaml(Path(root) / "_toc.yml")
     names = [toc["root"]]
 
     def walk(entries):

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minicap.checkpoint import write_json_atomic
-from minicap.data.images import _size_pair, load_image
+from minicap.data.images import size_pair, load_image
 
 FEATURES_FILE = "features.npy"
 PROGRESS_FILE = "progress.json"
@@ -137,7 +137,7 @@ def cached_features(extract, paths, image_size, cache_dir, describe, batch_size=
             chunks recorded before are kept.
     """
     paths = [os.fspath(p) for p in paths]
-    size = _size_pair(image_size)
+    size = size_pair(image_size)
     if size is None:
         raise ValueError("image_size must be a positive int or a (height, width) pair, got None")
     if not paths:

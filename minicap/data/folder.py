@@ -23,7 +23,7 @@ import warnings
 from tqdm.auto import tqdm
 
 from minicap.data.flickr8k import read_text_lines
-from minicap.data.images import _size_pair, load_image
+from minicap.data.images import size_pair, load_image
 from minicap.data.records import CaptionSet
 
 CAPTION_FILES = ("captions.csv", "captions.txt")
@@ -159,7 +159,7 @@ def load_caption_folder(path, split="train", image_size=None, val_fraction=0.1, 
         raise ValueError(f"split must be 'train', 'val' (or 'dev', 'validation'), 'test' or 'all', got {split!r}")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    _size_pair(image_size)  # a bad size fails here, not when the images are first read
+    size_pair(image_size)  # a bad size fails here, not when the images are first read
     csv_path = find_caption_file(path)
     folder = os.path.dirname(os.path.abspath(csv_path))
     rows, problems, has_split_column = read_caption_rows(csv_path)

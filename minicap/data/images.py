@@ -5,13 +5,17 @@ scans. :func:`load_image` turns any of them into an ``(H, W, 3)`` uint8 array, r
 model's input size, and names the file when it cannot be read.
 """
 import os
+import tempfile
+import urllib.error
+import urllib.request
 import warnings
 
+import matplotlib.cbook
 import numpy as np
 from PIL import Image, ImageOps
 
 
-def _size_pair(image_size):
+def size_pair(image_size):
     """``image_size`` as ``(height, width)``, or None."""
     if image_size is None:
         return None
@@ -63,7 +67,7 @@ def load_image(path, image_size=None):
         ValueError: ``path`` is a directory, or the file is not a readable image (corrupt or
             truncated); the message names the file.
     """
-    size = _size_pair(image_size)
+    size = size_pair(image_size)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image file {path!r} does not exist")
@@ -99,8 +103,6 @@ def sample_photo():
     federal government and so in the public domain, which matplotlib ships as sample data
     (``matplotlib.cbook.get_sample_data("grace_hopper.jpg")``): no download needed.
     """
-    import matplotlib.cbook
-
     return os.fspath(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
@@ -113,10 +115,6 @@ def load_photo(source, image_size=None, timeout=30):
     source = os.fspath(source)
     if not source.startswith(("http://", "https://")):
         return load_image(source, image_size)
-    import tempfile
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(source, timeout=timeout) as response:
             data = response.read(50 * 2**20 + 1)
@@ -136,7 +134,7 @@ def load_photo(source, image_size=None, timeout=30):
 
 def load_images(paths, image_size):
     """Load several files to a ``(num_images, height, width, 3)`` uint8 array."""
-    size = _size_pair(image_size)
+    size = size_pair(image_size)
     if size is None:
         raise ValueError("load_images needs an image_size: images of different sizes cannot be stacked")
     paths = list(paths)
@@ -159,7 +157,7 @@ class ImageFiles:
     """
 
     def __init__(self, paths, image_size):
-        self.image_size = _size_pair(image_size)
+        self.image_size = size_pair(image_size)
         if self.image_size is None:
             raise ValueError("ImageFiles needs an image_size (an int or (height, width)) to stack images")
         self.paths = [os.fspath(p) for p in paths]

@@ -14,7 +14,7 @@ import os
 import keras
 import numpy as np
 
-from minicap.data.images import ImageFiles, _size_pair, load_image
+from minicap.data.images import ImageFiles, size_pair, load_image
 
 REFERENCES = ("all", "random")
 
@@ -71,7 +71,7 @@ class CaptionBatches(keras.utils.PyDataset):
             if images.ndim != 4 or images.shape[-1] != 3:
                 raise ValueError(f"images must be (num_images, height, width, 3), got shape {images.shape}")
             num_images = len(images)
-        self.images, self.image_size = images, _size_pair(image_size)
+        self.images, self.image_size = images, size_pair(image_size)
         if isinstance(captions, (str, np.ndarray)) or len(captions) != num_images:
             count = "a str" if isinstance(captions, str) else f"{len(captions)} caption lists"
             raise ValueError(f"captions must hold one list of captions per image: {num_images} images, got {count}")

@@ -237,12 +237,3 @@ def reference_captions(scene, rng=None):
     unique = list(dict.fromkeys(candidates))
     # Every scene has at least 4 phrasings (two objects on one axis: 2 orders, with and without "there is").
     return [unique[i] for i in sorted(rng.permutation(len(unique))[:CAPTIONS_PER_IMAGE].tolist())]
-
-
-def __getattr__(name):
-    # The faithfulness check lives in its own module (it imports this one); re-export it lazily.
-    if name in ("CaptionCheck", "check_caption", "faithfulness_rate"):
-        from minicap.data import faithfulness
-
-        return getattr(faithfulness, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

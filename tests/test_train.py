@@ -1,4 +1,4 @@
-"""``minicap.trainer.train`` and ``minicap train``: results, refusals, determinism, resuming, and each training
+"""``minicap.train.train`` and ``minicap train``: results, refusals, determinism, resuming, and each training
 setting's effect."""
 import collections
 import json
@@ -12,7 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from minicap import trainer
+from minicap.config import profile, PROFILES, TrainConfig
+from minicap.data.datasets import load_split
+from minicap.train import feature_cache_dir, load_run, make_batches, run_config, train, train_or_load
 
 # Eagerly: these tests check the trainer's logic, and for a model this small a step run op by op is faster than
 # tracing a graph (on TensorFlow, 4.5 s against 7.9 s per run on a 2-core CPU). Compiled steps train in the
@@ -23,7 +25,7 @@ TINY = dict(num_train=48, num_val=8, image_size=32, patch_size=8, max_objects=1,
 
 
 def tiny(**overrides):
-    return trainer.profile("quick", **{**TINY, **overrides})
+    return profile("quick", **{**TINY, **overrides})
 
 
 class Crash(Exception):
@@ -44,7 +46,7 @@ class CrashAt(keras.callbacks.Callback):
 
 
 def test_train_saves_a_loadable_model_and_its_history(tmp_path, capsys):
-    result = trainer.train(tiny(), tmp_path / "run", verbose=2)
+    result = train(tiny(), tmp_path / "run", verbose=2)
     # verbose=2: one line per epoch of the whole run, numbered in it, with its training and validation values.
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
@@ -57,7 +59,7 @@ def test_train_saves_a_loadable_model_and_its_history(tmp_path, capsys):
     steps_per_epoch = 48 * 4 // 16  # every reference caption once per epoch
     assert history["step"] == list(range(1, 2 * steps_per_epoch + 1))
     assert [e["epoch"] for e in history["epochs"]] == [1, 2] and "val_loss" in history["epochs"][0]
-    model, tokenizer = trainer.load_run(tmp_path / "run")
+    model, tokenizer = load_run(tmp_path / "run")
     images = np.random.rand(2, 32, 32, 3).astype("float32")
     tokens = tokenizer.encode(["a red circle", "a blue square"], 10)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model((images, tokens))),
@@ -65,26 +67,26 @@ def test_train_saves_a_loadable_model_and_its_history(tmp_path, capsys):
 
 
 def test_a_finished_run_is_never_overwritten_without_asking(tmp_path):
-    trainer.train(tiny(epochs=1), tmp_path / "run", verbose=0)
+    train(tiny(epochs=1), tmp_path / "run", verbose=0)
     before = (tmp_path / "run" / "model.keras").read_bytes()
     with pytest.raises(FileExistsError, match="already holds a trained model.*overwrite"):
-        trainer.train(tiny(epochs=1), tmp_path / "run", verbose=0)
+        train(tiny(epochs=1), tmp_path / "run", verbose=0)
     assert (tmp_path / "run" / "model.keras").read_bytes() == before
-    trainer.train(tiny(epochs=1, seed=1), tmp_path / "run", overwrite=True, verbose=0)
+    train(tiny(epochs=1, seed=1), tmp_path / "run", overwrite=True, verbose=0)
     assert (tmp_path / "run" / "model.keras").read_bytes() != before
 
 
 def test_same_seed_same_loss_curve(tmp_path):
-    first = trainer.train(tiny(epochs=1), tmp_path / "a", verbose=0).history["loss"]
-    second = trainer.train(tiny(epochs=1), tmp_path / "b", verbose=0).history["loss"]
-    other = trainer.train(tiny(epochs=1, seed=5), tmp_path / "c", verbose=0).history["loss"]
+    first = train(tiny(epochs=1), tmp_path / "a", verbose=0).history["loss"]
+    second = train(tiny(epochs=1), tmp_path / "b", verbose=0).history["loss"]
+    other = train(tiny(epochs=1, seed=5), tmp_path / "c", verbose=0).history["loss"]
     np.testing.assert_allclose(first, second, rtol=1e-5)
     assert not np.allclose(first, other, rtol=1e-3)
 
 
 def test_weight_decay_trains_with_adamw(tmp_path):
-    plain = trainer.train(tiny(epochs=1), tmp_path / "plain", verbose=0)
-    decayed = trainer.train(tiny(epochs=1, weight_decay=0.5), tmp_path / "decayed", verbose=0)
+    plain = train(tiny(epochs=1), tmp_path / "plain", verbose=0)
+    decayed = train(tiny(epochs=1, weight_decay=0.5), tmp_path / "decayed", verbose=0)
     assert isinstance(decayed.model.optimizer, keras.optimizers.AdamW)
     assert not isinstance(plain.model.optimizer, keras.optimizers.AdamW)
     assert decayed.history["loss"][0] == pytest.approx(plain.history["loss"][0], rel=1e-6)  # same start
@@ -100,7 +102,7 @@ SETTINGS = dict(lr_scale=0.5, label_smoothing=0.2, min_word_count=30, word_dropo
 @pytest.fixture(scope="module")
 def with_settings(tmp_path_factory):
     """A finished run of ``tiny(epochs=1, **SETTINGS)``: its TrainResult."""
-    return trainer.train(tiny(epochs=1, **SETTINGS), tmp_path_factory.mktemp("settings") / "run", verbose=0)
+    return train(tiny(epochs=1, **SETTINGS), tmp_path_factory.mktemp("settings") / "run", verbose=0)
 
 
 def test_lr_scale_multiplies_the_learning_rate_of_every_step(with_settings):
@@ -117,7 +119,7 @@ def _clean_batches(result, split):
     from minicap.data.pipeline import CaptionBatches
 
     config = result.config
-    data = trainer.load_split(config, split)
+    data = load_split(config, split)
     return CaptionBatches(data.images, data.captions, result.tokenizer, config.model.max_length, config.batch_size,
                           shuffle=False)
 
@@ -140,7 +142,7 @@ def test_label_smoothing_is_the_loss_the_run_trains_on(with_settings):
 def test_min_word_count_leaves_rarer_words_out_of_the_saved_vocabulary(with_settings):
     from minicap.text import Tokenizer
 
-    captions = [c for refs in trainer.load_split(with_settings.config, "train").captions for c in refs]
+    captions = [c for refs in load_split(with_settings.config, "train").captions for c in refs]
     counts = collections.Counter(word for caption in captions for word in caption.split())
     assert min(counts.values()) < 30 <= max(counts.values())  # some words are rarer than that, some not
     vocabulary = Tokenizer.load(with_settings.run_dir / "tokenizer.json").vocabulary
@@ -156,8 +158,8 @@ def test_word_dropout_leaves_the_validation_batches_whole(with_settings):
     assert with_settings.model.evaluate(batches, verbose=0, return_dict=True)["loss"] == pytest.approx(recorded,
                                                                                                          rel=1e-5)
     # The training batches did lose words: [UNK] in inputs where the caption had a known word.
-    (_, inputs), targets = trainer.make_batches(with_settings.config, with_settings.model,
-                                                trainer.load_split(with_settings.config, "train"),
+    (_, inputs), targets = make_batches(with_settings.config, with_settings.model,
+                                                load_split(with_settings.config, "train"),
                                                 with_settings.tokenizer, training=True)[0]
     unk = with_settings.tokenizer.unk_id
     assert ((inputs[:, 1:] == unk) & (targets[:, :-1] != unk)).any()
@@ -173,9 +175,9 @@ def test_backbones_with_other_weights_never_share_cached_features(tmp_path):
     from minicap.text import Tokenizer
     from photo_stand_ins import write_caption_folder, write_vit_weights
 
-    config = trainer.profile("photos", dataset=str(write_caption_folder(tmp_path / "photos", count=3)),
+    config = profile("photos", dataset=str(write_caption_folder(tmp_path / "photos", count=3)),
                              data_dir=str(tmp_path / "data"), image_size=32)
-    split = trainer.load_split(config, "train")
+    split = load_split(config, "train")
     tokenizer = Tokenizer.fit([c for refs in split.captions for c in refs])
     images = split.load_images(32).astype("float32") / 255.0
     features = []
@@ -186,18 +188,18 @@ def test_backbones_with_other_weights_never_share_cached_features(tmp_path):
         write_vit_weights(tmp_path / f"weights-{seed}.npz", **sizes, grid=2, scale=0.5, seed=seed)
         backbone.load_weights_from(str(tmp_path / f"weights-{seed}.npz"))
         model = types.SimpleNamespace(config=config.model, encoder=backbone)  # what the feature pass reads
-        batches = trainer.make_batches(config, model, split, tokenizer, training=False, progress=False)
+        batches = make_batches(config, model, split, tokenizer, training=False, progress=False)
         features.append(np.asarray(batches.features, "float32"))
         own = keras.ops.convert_to_numpy(backbone(images))  # (images, 4, 16)
         np.testing.assert_allclose(features[-1], own, rtol=2**-10, atol=2**-10)  # float16 in the cache
     assert np.abs(features[0] - features[1]).max() > 0.1
-    assert len(list_feature_caches(trainer.feature_cache_dir(config))) == 2
+    assert len(list_feature_caches(feature_cache_dir(config))) == 2
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The history of a run of ``tiny(dropout=0.0)`` that nothing interrupted (one for both crash steps)."""
-    return trainer.train(tiny(dropout=0.0), tmp_path_factory.mktemp("whole") / "run", verbose=0).history
+    return train(tiny(dropout=0.0), tmp_path_factory.mktemp("whole") / "run", verbose=0).history
 
 
 @pytest.mark.parametrize("crash_step", [3, 12])  # mid-epoch (between checkpoints), and at an epoch's end
@@ -206,9 +208,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, crash_step, unint
     # and batch order. (With dropout, the masks drawn after a resume differ.)
     config = tiny(dropout=0.0)
     with pytest.raises(Crash):
-        trainer.train(config, tmp_path / "cut", verbose=0, callbacks=[CrashAt(crash_step)])
+        train(config, tmp_path / "cut", verbose=0, callbacks=[CrashAt(crash_step)])
     assert not (tmp_path / "cut" / "model.keras").exists()
-    resumed = trainer.train(config, tmp_path / "cut", verbose=0)
+    resumed = train(config, tmp_path / "cut", verbose=0)
     assert resumed.resumed_from_step == crash_step - crash_step % 2  # the last checkpoint
     assert resumed.history["step"] == uninterrupted["step"]  # every step once
     last_epoch = slice(12, 24)  # the per-step losses are running means over the epoch
@@ -217,8 +219,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, crash_step, unint
 
 
 def test_run_eagerly_compiles_no_step_and_trains_as_the_graph_does(tmp_path):
-    eager = trainer.train(tiny(epochs=1), tmp_path / "eager", verbose=0)
-    graph = trainer.train(tiny(epochs=1, run_eagerly=False, jit_compile="off"), tmp_path / "graph", verbose=0)
+    eager = train(tiny(epochs=1), tmp_path / "eager", verbose=0)
+    graph = train(tiny(epochs=1, run_eagerly=False, jit_compile="off"), tmp_path / "graph", verbose=0)
     assert eager.model.run_eagerly and not graph.model.run_eagerly and not eager.model.jit_compile
     np.testing.assert_allclose(eager.history["loss"], graph.history["loss"], rtol=1e-4)
     with pytest.raises(ValueError, match="run_eagerly must be true or false, got 'yes'"):
@@ -227,56 +229,25 @@ def test_run_eagerly_compiles_no_step_and_trains_as_the_graph_does(tmp_path):
 
 def test_an_interrupted_run_saved_before_a_setting_existed_resumes(tmp_path):
     with pytest.raises(Crash):
-        trainer.train(tiny(), tmp_path / "run", verbose=0, callbacks=[CrashAt(3)])
+        train(tiny(), tmp_path / "run", verbose=0, callbacks=[CrashAt(3)])
     saved = tmp_path / "run" / "train_config.json"
     older = json.loads(saved.read_text())
     del older["word_dropout"], older["data_hashes"]  # as a run of an older minicap wrote it (defaults now)
     saved.write_text(json.dumps(older))
     with pytest.raises(ValueError, match="different settings \\(word_dropout\\)"):
-        trainer.train(tiny(word_dropout=0.1), tmp_path / "run", verbose=0)
-    assert trainer.train(tiny(), tmp_path / "run", verbose=0).resumed_from_step == 2
+        train(tiny(word_dropout=0.1), tmp_path / "run", verbose=0)
+    assert train(tiny(), tmp_path / "run", verbose=0).resumed_from_step == 2
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
     with pytest.raises(Crash):
-        trainer.train(tiny(), tmp_path / "run", verbose=0, callbacks=[CrashAt(3)])
+        train(tiny(), tmp_path / "run", verbose=0, callbacks=[CrashAt(3)])
     with pytest.raises(ValueError, match="different settings \\(model.model_dim\\)"):
-        trainer.train(tiny(model_dim=32), tmp_path / "run", verbose=0)
-
-
-def test_unknown_profile_and_setting():
-    with pytest.raises(ValueError, match="unknown profile 'fast'"):
-        trainer.profile("fast")
-    with pytest.raises(ValueError, match="unknown setting 'model_width'; training settings: .*model settings: "):
-        trainer.profile("quick", model_width=3)
-    with pytest.raises(ValueError, match="unknown setting 'model.epochs'"):
-        trainer.profile("quick", **{"model.epochs": 3})  # a training setting is not a model setting
-
-
-def test_a_profile_holds_the_model_settings_once_and_overrides_reach_every_field():
-    config = trainer.profile("quick", model_dim=32, **{"model.num_heads": 4}, epochs=3, dataset="shapes")
-    assert (config.model.model_dim, config.model.num_heads, config.epochs) == (32, 4, 3)
-    assert config.model.vocab_size is None  # the tokenizer decides it
-    assert trainer.PROFILES["quick"].model.model_dim != 32  # the profile itself is unchanged
-    import dataclasses
-
-    from minicap.model import CaptionConfig
-    train_names = {f.name for f in dataclasses.fields(trainer.TrainConfig)} - {"model"}
-    model_names = {f.name for f in dataclasses.fields(CaptionConfig)}
-    assert not train_names & model_names  # one source for each setting
-    for name in model_names - {"vocab_size", "pad_id"}:  # every model field can be set by name
-        value = getattr(config.model, name)
-        assert getattr(trainer.profile("quick", **{name: value}).model, name) == value
-    saved = json.loads(json.dumps(config.to_dict()))
-    assert trainer.TrainConfig.from_dict(saved) == config  # train_config.json round trip
-    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
-        trainer.profile("quick", epochs=0)
-    with pytest.raises(ValueError, match="model_dim 30 is not divisible by num_heads 4"):
-        trainer.profile("quick", model_dim=30, num_heads=4)
+        train(tiny(model_dim=32), tmp_path / "run", verbose=0)
 
 
 def test_the_photos_profile_is_the_articles_model():
-    config = trainer.profile("photos")
+    config = profile("photos")
     model = config.model
     assert (model.backbone, model.image_size, model.model_dim, model.num_heads) == ("vit-b32", 224, 256, 4)
     assert model.backbone_weights == "imagenet21k+imagenet2012" and model.freeze_backbone
@@ -289,15 +260,16 @@ def test_the_photos_profile_is_the_articles_model():
 KILLED_AT_STEP = """
 import os, signal, sys
 import keras
-from minicap import cli, trainer
+import minicap.train
+from minicap import cli
 
 class KillAtStep(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == {step}:
             os.kill(os.getpid(), signal.SIGKILL)
 
-train = trainer.train
-trainer.train = lambda *args, **kwargs: train(*args, callbacks=[KillAtStep()], **kwargs)
+train = minicap.train.train
+minicap.train.train = lambda *args, **kwargs: train(*args, callbacks=[KillAtStep()], **kwargs)
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -335,11 +307,11 @@ def test_minicap_train_killed_with_sigkill_resumes_and_finishes(tmp_path):
 
     # Without dropout, training is deterministic on a CPU: the killed and resumed run ends with the
     # uninterrupted run's model, so the resumes restored weights, optimizer state and batch order.
-    whole = trainer.train(tiny(epochs=3), tmp_path / "whole", verbose=0)
+    whole = train(tiny(epochs=3), tmp_path / "whole", verbose=0)
     assert whole.model.config.dropout == 0.0
     assert json.loads((run_dir / "train_config.json").read_text()) == json.loads(
         (tmp_path / "whole" / "train_config.json").read_text())
-    resumed, _ = trainer.load_run(run_dir)
+    resumed, _ = load_run(run_dir)
     assert len(resumed.weights) == len(whole.model.weights)
     for weight, expected in zip(resumed.weights, whole.model.weights):  # in the same order (not the same names)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(weight), keras.ops.convert_to_numpy(expected),
@@ -357,10 +329,10 @@ def test_minicap_train_killed_with_sigkill_resumes_and_finishes(tmp_path):
 
 
 def test_train_or_load_returns_the_runs_own_settings_and_refuses_another_profile(tmp_path):
-    trained = trainer.train(tiny(epochs=1), tmp_path / "run", verbose=0)
+    trained = train(tiny(epochs=1), tmp_path / "run", verbose=0)
     assert trained.config.profile == "quick"
-    loaded = trainer.train_or_load(tiny(epochs=1), tmp_path / "run")
+    loaded = train_or_load(tiny(epochs=1), tmp_path / "run")
     assert loaded.config == trained.config and loaded.config.model.image_size == TINY["image_size"]
-    assert trainer.run_config(tmp_path / "run") == trained.config
+    assert run_config(tmp_path / "run") == trained.config
     with pytest.raises(ValueError, match="holds a run of the 'quick' profile, not of 'photos'"):
-        trainer.train_or_load("photos", tmp_path / "run")
+        train_or_load("photos", tmp_path / "run")
