@@ -115,7 +115,9 @@ def _save_attention(target, model, images, tokens, captions, paths):
 
 def _dataset(value):
     """A built-in data set's name, or the absolute path of a folder / CSV file of captioned images."""
-    if value in ("shapes", "flickr8k", "coco"):
+    from minicap.config import BUILT_IN_DATASETS
+
+    if value in BUILT_IN_DATASETS:
         return value
     if not os.path.exists(value):
         raise UserError(f"--dataset {value!r} is neither shapes, flickr8k, coco nor an existing folder or CSV file")
