@@ -18,6 +18,7 @@ The executed notebooks are left in ``_build/executed/<backend>/`` for a look at 
 """
 import ast
 import json
+import re
 import os
 from pathlib import Path
 
@@ -156,3 +157,23 @@ def test_chapters_five_and_six_run_the_photos_profile(photos_data, monkeypatch):
     assert "on tensorflow" in _printed(captioned)  # the JAX-trained model, loaded and captioning on TensorFlow
     outputs = [o for c in captioned["cells"] for o in c.get("outputs", [])]
     assert any("minicap-attention" in _text(o.get("data", {}).get("text/html", "")) for o in outputs)
+
+
+INCLUDE = re.compile(r"```\{literalinclude\}\s+(\S+)\n((?::[\w-]+:.*\n)*)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_excerpt_names_a_file_and_markers_that_exist(path):
+    """A ``literalinclude`` of minicap's code follows the code when it moves: its file exists and holds the
+    ``start-after`` and ``end-before`` markers, in that order (the book build would otherwise fail with -W)."""
+    for cell in load(path)["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        for target, options in INCLUDE.findall(source(cell) + "\n"):
+            included = (BOOK / target).resolve()
+            assert included.is_file(), f"{path.name} includes {target}, which does not exist"
+            text = included.read_text(encoding="utf-8")
+            markers = dict(re.findall(r":(start-after|end-before):\s*\"?(.*?)\"?\s*$", options, flags=re.M))
+            positions = [text.find(markers[key]) for key in ("start-after", "end-before") if key in markers]
+            assert all(p >= 0 for p in positions), f"{path.name}: {target} lacks a marker of {markers}"
+            assert positions == sorted(positions), f"{path.name}: {target}'s markers are out of order"
