@@ -115,13 +115,12 @@ def _save_attention(target, model, images, tokens, captions, paths):
 
 def _dataset(value):
     """A built-in data set's name, or the absolute path of a folder / CSV file of captioned images."""
-    from minicap.config import BUILT_IN_DATASETS
+    from minicap.data.datasets import resolve_dataset
 
-    if value in BUILT_IN_DATASETS:
-        return value
-    if not os.path.exists(value):
-        raise UserError(f"--dataset {value!r} is neither shapes, flickr8k, coco nor an existing folder or CSV file")
-    return os.path.abspath(value)
+    try:
+        return resolve_dataset(value)
+    except ValueError as error:
+        raise UserError(str(error).replace("dataset", "--dataset", 1)) from None
 
 
 def _run_settings(model_path):
@@ -150,24 +149,16 @@ def _evaluate(args):
         metrics, _ = evaluate_shapes(model, tokenizer, data, **options)
     else:
         from minicap.config import TrainConfig
+        from minicap.data.datasets import scoring_split
         from minicap.evaluate import evaluate_caption_set
 
         # The data settings the model was trained with (a mirror, a data folder), when it was trained on this data set.
         trained = _run_settings(args.model)
-        settings = {key: trained[key] for key in ("data_dir", "data_url", "data_hashes")
+        settings = {key: trained[key] for key in ("data_dir", "extract_dir", "data_url", "data_hashes")
                     if key in trained and trained.get("dataset") == dataset}
         if args.data_dir:
             settings["data_dir"] = args.data_dir
-        if dataset in ("flickr8k", "coco"):
-            from minicap.data.datasets import load_real_split
-
-            split = split or "test"
-            data = load_real_split(TrainConfig(dataset=dataset, **settings), split, model.config.image_size)
-        else:
-            from minicap.data.folder import load_caption_folder
-
-            split = split or "val"
-            data = load_caption_folder(dataset, split, image_size=model.config.image_size)
+        split, data = scoring_split(TrainConfig(dataset=dataset, **settings), split, model.config.image_size)
         metrics, _ = evaluate_caption_set(model, tokenizer, data, **options)
     metrics = {"dataset": args.dataset, "split": split, "images": len(data), **metrics}
     if args.json:

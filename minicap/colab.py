@@ -1,4 +1,5 @@
-"""Colab and Kaggle: the "Open in Colab" badge and the setup cell that every chapter notebook starts with.
+"""Colab and Kaggle: the "Open in Colab" badge and the setup cell that every chapter notebook starts with,
+and where a notebook keeps its run on Colab (:func:`notebook_storage`: Google Drive, when the reader asks).
 
 The repository is named here and only here; ``_config.yml``'s ``repository.url`` must agree (a test
 checks it). The setup cell runs before minicap is installed, so its source uses the standard library
@@ -23,7 +24,9 @@ Keep the notebooks in line with this module::
     python -m minicap.colab sync --check [BOOK_DIR]   # only report, exit 1 if any notebook differs
 """
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -76,6 +79,72 @@ hosted = "google.colab" in sys.modules or "{KAGGLE_VARIABLE}" in os.environ
 for command in pip_commands(sys.version_info[:2], hosted, WITH_VIT_KERAS):
     subprocess.run(command, check=True)
 '''
+
+
+# Google Drive on Colab: where it is mounted, the folder of the reader's Drive that keeps minicap's runs, archives
+# and feature caches, and the runtime's own disk, where the photos are unpacked (Drive serves many small files
+# slowly; a runtime's disk is gone when it ends, so what is costly to make again stays on Drive).
+DRIVE_MOUNT = "/content/drive"
+DRIVE_FOLDER = "MyDrive/minicap"
+RUNTIME_DATA_DIR = "/content/minicap-data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Storage:
+    """Where a notebook keeps its run and its data (see :func:`notebook_storage`)."""
+
+    run_dir: str  # the run directory (train_config.json, checkpoints, model.keras, ...)
+    settings: dict  # TrainConfig settings naming the data's places: data_dir and extract_dir on Drive, else {}
+    on_drive: bool  # True when the run and the data live on Google Drive
+
+    def describe(self):
+        """One line per place, for the notebook to print."""
+        if not self.on_drive:
+            return f"run: {self.run_dir}"
+        return (f"run: {self.run_dir}\narchives and feature caches: {self.settings['data_dir']} (Google Drive)\n"
+                f"photos unpacked to: {self.settings['extract_dir']} (this runtime's disk)")
+
+
+def on_colab():
+    """True inside a Colab runtime."""
+    return "google.colab" in sys.modules
+
+
+def notebook_storage(profile, use_drive=False, run_dir="", colab=None, mount=None, mount_point=DRIVE_MOUNT,
+                     runtime_data_dir=RUNTIME_DATA_DIR):
+    """Where a notebook of ``profile`` keeps its run, and its data's settings: a :class:`Storage`.
+
+    With ``use_drive`` on Colab, Google Drive is mounted (Colab asks the reader to allow it) and everything that
+    is costly to make again goes to ``MyDrive/minicap``: the run (``runs/<profile>``, or ``run_dir`` relative to
+    that folder), the downloaded archives and the frozen backbone's feature cache (``data``). The photos are
+    unpacked onto the runtime's own disk (``RUNTIME_DATA_DIR``), which a new runtime does again from the archives
+    on Drive. Chapters 5 and 6 and the photos notebook call this with the same arguments, so each finds the run,
+    the archives and the features another one left, in any later runtime. Anywhere else ``use_drive`` is ignored
+    (with a note) and the run stays in ``run_dir`` (default ``runs/<profile>``) on this machine.
+
+    Args:
+        profile: the profile's name, which names the default run directory.
+        use_drive: keep the run and the data on Google Drive (Colab only).
+        run_dir: the run directory ("" for the default).
+        colab: whether this is Colab (default: ``google.colab`` is imported).
+        mount: the function that mounts Drive at a folder (default ``google.colab.drive.mount``).
+        mount_point, runtime_data_dir: where Drive is mounted, and the runtime's folder for unpacked photos.
+    """
+    if not use_drive:
+        return Storage(run_dir or f"runs/{profile}", {}, False)
+    if not (on_colab() if colab is None else colab):
+        print(f"USE_DRIVE applies on Colab only; here the run is kept in {run_dir or f'runs/{profile}'}")
+        return Storage(run_dir or f"runs/{profile}", {}, False)
+    if mount is None:
+        from google.colab import drive
+
+        mount = drive.mount
+    if not os.path.isdir(os.path.join(mount_point, DRIVE_FOLDER.split("/")[0])):  # not mounted yet
+        mount(os.fspath(mount_point))
+    folder = os.path.join(mount_point, DRIVE_FOLDER)
+    run_dir = os.path.join(folder, run_dir or os.path.join("runs", profile))  # an absolute run_dir stays as it is
+    settings = {"data_dir": os.path.join(folder, "data"), "extract_dir": os.fspath(runtime_data_dir)}
+    return Storage(run_dir, settings, True)
 
 
 def colab_url(notebook_name):

@@ -73,15 +73,22 @@ class TrainResult:
     run_dir: Path
     resumed_from_step: int  # 0 for a fresh run
     config: "TrainConfig" = None  # the settings the run was trained with (its train_config.json)
+    loaded: bool = False  # True: a finished run loaded from run_dir, nothing trained
+
+    @property
+    def training_seconds(self):
+        """The time the run's epochs took (their sum over every run segment, resumes included)."""
+        return sum(epoch.get("seconds", 0.0) for epoch in self.history.get("epochs", []))
 
     @property
     def model_path(self):
         return self.run_dir / "model.keras"
 
 
-# Settings that choose where a run trains without changing what it computes (the same global batch on
-# 1 or N devices); a resume need not match them. history.json records each run segment's devices.
-PLACEMENT_SETTINGS = ("devices",)
+# Settings that choose where a run trains and keeps its data without changing what it computes (the same global
+# batch on 1 or N devices; the same verified archives from another folder or mirror); a resumed or reloaded run
+# need not match them. history.json records each run segment's devices.
+PLACEMENT_SETTINGS = ("devices", "data_dir", "extract_dir", "data_url")
 
 
 def _check_run_dir(run_dir, config, overwrite):
@@ -92,18 +99,29 @@ def _check_run_dir(run_dir, config, overwrite):
                 f"{run_dir / 'model.keras'} already holds a trained model; choose another run directory, "
                 f"or pass overwrite=True (minicap train --overwrite) to train again and replace it")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    saved = run_dir / "train_config.json"
-    if saved.exists() and (run_dir / "checkpoints" / "state.json").exists():
-        # Through TrainConfig, so that a setting added since the run started counts with its default.
-        previous = _flat(TrainConfig.from_dict(json.loads(saved.read_text())).to_dict())
-        current = _flat(config.to_dict())
-        for name in PLACEMENT_SETTINGS:  # where a run trains, not what: a resume may use other devices
-            previous.pop(name, None), current.pop(name, None)
-        if previous != current:
-            changed = sorted(k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k))
+    if (run_dir / "train_config.json").exists() and (run_dir / "checkpoints" / "state.json").exists():
+        changed = changed_settings(run_config(run_dir), config)
+        if changed:
             raise ValueError(
-                f"{run_dir} holds an interrupted run with different settings ({', '.join(changed)}); resume it "
-                f"with the same settings, or use another run directory")
+                f"{run_dir} holds an interrupted run with different settings {_describe_changes(changed)}; "
+                f"resume it with the same settings, or use another run directory")
+
+
+def changed_settings(saved, config):
+    """``{name: (saved value, value in config)}`` of the settings in which two TrainConfigs differ, by their
+    flat names (``model.model_dim``), leaving out ``PLACEMENT_SETTINGS``."""
+    # Through TrainConfig, so that a setting added since a run started counts with its default.
+    previous, current = _flat(saved.to_dict()), _flat(config.to_dict())
+    names = sorted(previous.keys() | current.keys())
+    return {name: (previous.get(name), current.get(name)) for name in names
+            if name not in PLACEMENT_SETTINGS and previous.get(name) != current.get(name)}
+
+
+def _describe_changes(changed):
+    """``(names); the run has a=1, these settings a=2`` for the differences of :func:`changed_settings`."""
+    run = ", ".join(f"{name}={old!r}" for name, (old, _) in changed.items())
+    now = ", ".join(f"{name}={new!r}" for name, (_, new) in changed.items())
+    return f"({', '.join(changed)}); the run has {run}, these settings {now}"
 
 
 def _flat(values, prefix=""):
@@ -259,12 +277,14 @@ def run_config(run_dir):
 
 
 def train_or_load(config, run_dir, retrain=False, verbose="auto"):
-    """Load the finished run in ``run_dir`` if there is one (and ``retrain`` is False), else train it.
+    """Load the finished run in ``run_dir`` if there is one (and ``retrain`` is False), else train it (or resume it,
+    where an interrupted run of the same settings waits).
 
-    Chapter 6 uses this: it reads chapter 5's model, or trains the same one if it is missing
-    (e.g. when chapter 6 is opened alone on Colab). The result's ``config`` is the run's own settings
-    (its ``train_config.json``), not ``config``: a finished run of another profile than ``config``'s
-    is an error that names both.
+    Chapters 5 and 6 and the photos notebook use this: each finds the run another one trained (on Colab, on Google
+    Drive) and never trains it again unless asked (``retrain=True``, which trains anew and replaces it). The
+    result's ``config`` is the run's own record (its ``train_config.json``). A finished run of other settings than
+    ``config`` is an error that names each difference (settings of where the data lives, ``PLACEMENT_SETTINGS``,
+    may differ).
     """
     config = profile(config) if isinstance(config, str) else config
     if not retrain and (Path(run_dir) / "model.keras").exists():
@@ -272,7 +292,14 @@ def train_or_load(config, run_dir, retrain=False, verbose="auto"):
         if config.profile and saved.profile and saved.profile != config.profile:
             raise ValueError(f"{run_dir} holds a run of the {saved.profile!r} profile, not of {config.profile!r}: "
                              f"choose PROFILE = {saved.profile!r}, or another run directory")
+        changed = changed_settings(saved, config)
+        if changed:
+            raise ValueError(f"{run_dir} holds a finished run of other settings {_describe_changes(changed)}: use "
+                             f"the run's settings to load it, retrain=True (RETRAIN = True) to train it again with "
+                             f"these, or another run directory")
         model, tokenizer = load_run(run_dir)
         history = json.loads((Path(run_dir) / "history.json").read_text())
-        return TrainResult(model, tokenizer, history, Path(run_dir), 0, saved)
+        if verbose not in (0, "0"):
+            print(f"loaded the finished run in {run_dir} ({history['step'][-1]:,} steps): nothing to train")
+        return TrainResult(model, tokenizer, history, Path(run_dir), 0, saved, loaded=True)
     return train(config, run_dir, overwrite=retrain, verbose=verbose)

@@ -216,6 +216,56 @@ def test_sync_rejects_a_notebook_without_title_and_setup_cells(tmp_path):
         colab.sync_notebooks(tmp_path / "missing")
 
 
+def _fake_drive(tmp_path):
+    """A mount function that does what Colab's does: the reader's Drive appears under the mount point."""
+    mounted = []
+
+    def mount(mount_point):
+        mounted.append(mount_point)
+        (Path(mount_point) / "MyDrive").mkdir(parents=True, exist_ok=True)
+
+    return mount, mounted
+
+
+def test_on_colab_drive_keeps_the_run_archives_and_features_and_the_photos_go_to_the_runtime(tmp_path):
+    mount, mounted = _fake_drive(tmp_path)
+    storage = colab.notebook_storage("photos", use_drive=True, colab=True, mount=mount,
+                                     mount_point=tmp_path / "drive", runtime_data_dir=tmp_path / "runtime")
+    assert mounted == [str(tmp_path / "drive")]
+    drive = tmp_path / "drive" / "MyDrive" / "minicap"
+    assert storage.on_drive and Path(storage.run_dir) == drive / "runs" / "photos"
+    assert storage.settings == {"data_dir": str(drive / "data"), "extract_dir": str(tmp_path / "runtime")}
+    # The settings are TrainConfig's: the three notebooks build their config with them.
+    from minicap.config import profile
+
+    config = profile("photos", **storage.settings)
+    assert (config.data_dir, config.extract_dir) == (str(drive / "data"), str(tmp_path / "runtime"))
+    assert "Google Drive" in storage.describe() and "runtime" in storage.describe()
+    # Mounted once per runtime: a second notebook (or a rerun) finds Drive there.
+    again = colab.notebook_storage("photos", use_drive=True, colab=True, mount=mount, mount_point=tmp_path / "drive",
+                                   runtime_data_dir=tmp_path / "runtime")
+    assert again == storage and len(mounted) == 1
+    # A run folder of the reader's own is kept inside minicap's Drive folder; an absolute one where it says.
+    named = colab.notebook_storage("photos", True, "my-run", colab=True, mount=mount, mount_point=tmp_path / "drive")
+    assert Path(named.run_dir) == drive / "my-run"
+    absolute = colab.notebook_storage("photos", True, str(tmp_path / "elsewhere"), colab=True, mount=mount,
+                                      mount_point=tmp_path / "drive")
+    assert Path(absolute.run_dir) == tmp_path / "elsewhere"
+
+
+def test_drive_is_never_used_off_colab_nor_unless_asked(tmp_path, capsys):
+    def mount(mount_point):
+        raise AssertionError("Drive must not be mounted")
+
+    for use_drive, on_colab in ((False, True), (False, False), (True, False)):
+        storage = colab.notebook_storage("quick", use_drive, colab=on_colab, mount=mount,
+                                         mount_point=tmp_path / "drive")
+        assert storage == colab.Storage("runs/quick", {}, False)
+    assert "USE_DRIVE applies on Colab only" in capsys.readouterr().out
+    assert colab.notebook_storage("quick", False, "elsewhere").run_dir == "elsewhere"
+    assert not (tmp_path / "drive").exists()
+
+
 # What the setup cell resolves to on Colab's runtimes, against PyPI (network: the registry only).
 # Colab's runtimes, from googlecolab/backend-info (os-info.txt, pip-freeze.txt): the default since 2026-08-19
 # (Python 3.13.15, commit a724079) and the previous one, "2026.07" (Python 3.12.13, commit ec53f93), which a

@@ -105,6 +105,26 @@ def test_any_change_of_key_computes_anew(tmp_path, change):
         np.testing.assert_array_equal(features[0], original[3])
 
 
+def test_the_same_photos_unpacked_elsewhere_find_their_cache_and_other_files_do_not(tmp_path):
+    # On Colab the cache is kept on Google Drive while each new runtime unpacks the photos onto its own disk.
+    import shutil
+
+    (tmp_path / "runtime-1").mkdir()
+    paths = _images(tmp_path / "runtime-1" / "photos", 4)
+    cached_features(Recorder(), paths, SIZE, tmp_path / "drive", DESCRIBE, progress=False)
+    shutil.copytree(tmp_path / "runtime-1", tmp_path / "runtime-2")
+    shutil.rmtree(tmp_path / "runtime-1")
+    moved = [path.replace("runtime-1", "runtime-2") for path in paths]
+    recorder = Recorder()
+    cached_features(recorder, moved, SIZE, tmp_path / "drive", DESCRIBE, progress=False)
+    assert recorder.seen == [] and len(list_feature_caches(tmp_path / "drive")) == 1
+    # Another file under the same name (its size differs) is another image: computed anew.
+    Image.fromarray(np.zeros((24, 16, 3), np.uint8)).save(moved[1])
+    recorder = Recorder()
+    cached_features(recorder, moved, SIZE, tmp_path / "drive", DESCRIBE, progress=False)
+    assert len(recorder.seen) == 4 and len(list_feature_caches(tmp_path / "drive")) == 2
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})

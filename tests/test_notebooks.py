@@ -18,8 +18,9 @@ The executed notebooks are left in ``_build/executed/<backend>/`` for a look at 
 """
 import ast
 import json
-import re
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def test_every_chapter_is_in_the_table_of_contents():
 def test_notebook_structure(path):
     notebook = load(path)
     first = source(notebook["cells"][0])
-    assert first.startswith(("# Chapter", "# Appendix")), "the first cell is the chapter's title"
+    assert first.startswith(("# Chapter", "# Appendix", "# Caption your own photos")), "the first cell is the title"
     assert f"colab.research.google.com/{REPOSITORY}/book/{path.name}" in first, "Colab badge points at the notebook"
     assert "google.colab" in source(notebook["cells"][1]), "the second cell is the Colab setup cell"
     cell = parameters_cell(notebook)
@@ -137,6 +138,11 @@ def photos_data(tmp_path_factory):
                             "backbone_weights_hash": vit_digest}}
 
 
+def _modified(path):
+    """``{file: modification time}`` of every file under ``path``."""
+    return {p.relative_to(path): p.stat().st_mtime_ns for p in Path(path).rglob("*") if p.is_file()}
+
+
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_chapters_five_and_six_run_the_photos_profile(photos_data, monkeypatch):
@@ -146,17 +152,63 @@ def test_chapters_five_and_six_run_the_photos_profile(photos_data, monkeypatch):
     monkeypatch.setenv("MINICAP_VIT_MIRROR", photos_data["mirror"])
     settings = {**photos_data["settings"], "data_dir": str(photos_data["data_dir"])}
     run_dir = "runs/photos-stand-ins"  # relative to book/, as the chapters' own runs are
+    shutil.rmtree(BOOK / run_dir, ignore_errors=True)
     common = {"PROFILE": "photos", "RUN_DIR": run_dir, "SETTINGS": settings, "NUM_EVAL": 4}
     trained = _execute(BOOK / "05_training.ipynb", "jax", common, monkeypatch)
     printed = _printed(trained)
     assert "on jax" in printed and "vit-b32" in printed and "float16" in printed  # the backbone, its cached features
+    assert "training on" in printed  # a fresh run: chapter 5 trained it
     assert (BOOK / run_dir / "model.keras").exists()
     assert json.loads((BOOK / run_dir / "config.json").read_text())["vit_implementation"] == "minicap"
     assert (photos_data["keras_home"] / "weights" / "ViT-B_32_imagenet21k+imagenet2012.npz").exists()  # downloaded
+    # Chapter 6 in another runtime (another backend, even) finds chapter 5's finished run and trains nothing:
+    # no step, no file of the run written.
+    before = _modified(BOOK / run_dir)
     captioned = _execute(BOOK / "06_captioning.ipynb", "tensorflow", {**common, "BEAM_WIDTH": 2}, monkeypatch)
-    assert "on tensorflow" in _printed(captioned)  # the JAX-trained model, loaded and captioning on TensorFlow
+    printed = _printed(captioned)
+    assert "on tensorflow" in printed  # the JAX-trained model, loaded and captioning on TensorFlow
+    assert "loaded the finished run" in printed and "training on" not in printed and "epoch 1/" not in printed
+    assert _modified(BOOK / run_dir) == before
     outputs = [o for c in captioned["cells"] for o in c.get("outputs", [])]
     assert any("minicap-attention" in _text(o.get("data", {}).get("text/html", "")) for o in outputs)
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_photos_notebook_goes_from_the_archives_to_a_captioned_photo(photos_data, monkeypatch, tmp_path):
+    """"Caption your own photos" on the stand-ins, as a reader runs it: downloads, features, training, the test
+    split's scores, the validation photos captioned, and a photo of the reader's (a file path) with the explorer."""
+    require("tensorflow")
+    monkeypatch.setenv("KERAS_HOME", str(photos_data["keras_home"]))
+    monkeypatch.setenv("MINICAP_VIT_MIRROR", photos_data["mirror"])
+    from PIL import Image
+
+    photo = tmp_path / "my photo.jpg"
+    Image.new("RGB", (320, 240), (40, 70, 210)).save(photo)
+    settings = {**photos_data["settings"], "data_dir": str(tmp_path / "data")}
+    parameters = {"RUN_DIR": str(tmp_path / "run"), "SETTINGS": settings, "NUM_SHOW": 4, "BEAM_WIDTH": 2,
+                  "PHOTO": str(photo)}
+    executed = _execute(BOOK / "your_photos.ipynb", "tensorflow", parameters, monkeypatch)
+    printed = _printed(executed)
+    assert "training on" in printed and "epoch 2/2" in printed  # one line per epoch
+    assert "photos of the test split" in printed and "beam 2" in printed
+    assert (tmp_path / "run" / "model.keras").exists()
+    outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # photos, history, captions, attention
+    assert any("minicap-attention" in _text(o.get("data", {}).get("text/html", "")) for o in outputs)
+
+
+def test_the_book_executes_every_page_but_the_photos_notebook():
+    """The photos notebook needs downloads that no machine building the book can make: its page is rendered
+    unexecuted (its metadata turns myst-nb's execution off), nbval leaves it out, and the page says so."""
+    import dev
+
+    executed = dev.executed_notebooks()
+    assert "book/your_photos.ipynb" not in executed
+    assert set(executed) == {f"book/{p.name}" for p in NOTEBOOKS} - {"book/your_photos.ipynb"}
+    notebook = load(BOOK / "your_photos.ipynb")
+    assert notebook["metadata"]["mystnb"]["execution_mode"] == "off"
+    assert "not executed when the book is built" in source(notebook["cells"][0])
 
 
 INCLUDE = re.compile(r"```\{literalinclude\}\s+(\S+)\n((?::[\w-]+:.*\n)*)")

@@ -7,6 +7,7 @@ same for a folder of the reader's own photos, there with the article's vit-keras
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +162,55 @@ def test_a_folder_of_own_photos_trains_and_evaluates_with_vit_keras(tmp_path, ke
     metrics = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
     assert metrics["split"] == "val" and metrics["images"] == 1  # 10% of 12 images, deterministically
     assert set(metrics) >= {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d"}
+
+
+@pytest.mark.slow
+def test_a_run_kept_on_drive_serves_every_later_runtime(tmp_path, keras_home, monkeypatch):
+    # USE_DRIVE on Colab, in process: the run, the archives and the feature cache on (a stand-in) Google Drive, the
+    # photos unpacked onto the runtime's disk. A later runtime (its disk empty, the data's host unreachable) loads
+    # the finished run without training; retraining there unpacks the archives kept on Drive and reuses the cached
+    # features: nothing is downloaded and the ViT computes nothing.
+    import keras
+
+    from minicap.colab import notebook_storage
+    from minicap.config import profile
+    from minicap.data.features import list_feature_caches
+    from minicap.train import feature_cache_dir, train_or_load
+
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    monkeypatch.delenv("MINICAP_VIT_MIRROR", raising=False)
+    digests, names = write_flickr8k(tmp_path / "mirror")
+
+    def mount(mount_point):
+        (Path(mount_point) / "MyDrive").mkdir(parents=True, exist_ok=True)
+
+    def storage():
+        return notebook_storage("photos", use_drive=True, colab=True, mount=mount, mount_point=tmp_path / "drive",
+                                runtime_data_dir=tmp_path / "runtime")
+
+    drive = tmp_path / "drive" / "MyDrive" / "minicap"
+    with serve(tmp_path / "mirror") as url:
+        first = storage()
+        settings = {**SMALL_PHOTOS, "data_url": url, "data_hashes": digests}
+        config = profile("photos", **{**first.settings, **settings})
+        trained = train_or_load(config, first.run_dir, verbose=0)
+    assert not trained.loaded and Path(first.run_dir) == drive / "runs" / "photos"
+    assert (drive / "data" / "flickr8k" / "downloads" / "Flickr8k_Dataset.zip").exists()  # archives on Drive
+    assert (tmp_path / "runtime" / "flickr8k" / "Flicker8k_Dataset" / names["train"][0]).exists()  # photos: runtime
+    assert not (drive / "data" / "flickr8k" / "Flicker8k_Dataset").exists()
+    caches = list_feature_caches(feature_cache_dir(config))
+    assert len(caches) == 2 and all(c["complete"] for c in caches) and str(drive) in caches[0]["folder"]
+
+    shutil.rmtree(tmp_path / "runtime")  # a new runtime: its disk is empty; the server is gone
+    second = storage()
+    config = profile("photos", **{**second.settings, **settings})
+    written = (Path(second.run_dir) / "model.keras").stat().st_mtime_ns
+    loaded = train_or_load(config, second.run_dir, verbose=0)
+    assert loaded.loaded and (Path(second.run_dir) / "model.keras").stat().st_mtime_ns == written
+
+    predict, calls = keras.Model.predict_on_batch, []
+    monkeypatch.setattr(keras.Model, "predict_on_batch", lambda self, x: calls.append(1) or predict(self, x))
+    retrained = train_or_load(config, second.run_dir, retrain=True, verbose=0)
+    assert not retrained.loaded and calls == []  # every feature read from the cache on Drive
+    assert (tmp_path / "runtime" / "flickr8k" / "Flicker8k_Dataset").is_dir()  # unpacked again, from Drive
+    assert len(list_feature_caches(feature_cache_dir(config))) == 2

@@ -336,3 +336,32 @@ def test_train_or_load_returns_the_runs_own_settings_and_refuses_another_profile
     assert run_config(tmp_path / "run") == trained.config
     with pytest.raises(ValueError, match="holds a run of the 'quick' profile, not of 'photos'"):
         train_or_load("photos", tmp_path / "run")
+
+
+def test_a_finished_run_is_loaded_never_retrained_unless_asked_and_other_settings_are_named(tmp_path):
+    # What chapters 5 and 6 and the photos notebook do when they find a run (on Colab, on Google Drive).
+    trained = train(tiny(epochs=1), tmp_path / "run", verbose=0)
+    model_file = tmp_path / "run" / "model.keras"
+    written = model_file.stat().st_mtime_ns
+    assert not trained.loaded and trained.training_seconds > 0
+    # Where the data lives is not what the run computes: another data or extraction folder loads it.
+    loaded = train_or_load(tiny(epochs=1, data_dir=str(tmp_path / "elsewhere"), extract_dir="/other"),
+                           tmp_path / "run", verbose=0)
+    assert loaded.loaded and loaded.history == trained.history and loaded.config == trained.config
+    assert model_file.stat().st_mtime_ns == written  # nothing trained, nothing written
+    with pytest.raises(ValueError, match=r"finished run of other settings \(epochs, model.model_dim\); the run has "
+                                         r"epochs=1, model.model_dim=16, these settings epochs=2, "
+                                         r"model.model_dim=32: .*RETRAIN"):
+        train_or_load(tiny(epochs=2, model_dim=32), tmp_path / "run")
+    assert model_file.stat().st_mtime_ns == written
+    retrained = train_or_load(tiny(epochs=2), tmp_path / "run", retrain=True, verbose=0)
+    assert not retrained.loaded and retrained.history["epochs"][-1]["epoch"] == 2
+    assert run_config(tmp_path / "run").epochs == 2
+
+
+def test_train_or_load_resumes_an_interrupted_run(tmp_path):
+    with pytest.raises(Crash):
+        train(tiny(), tmp_path / "run", verbose=0, callbacks=[CrashAt(3)])
+    resumed = train_or_load(tiny(), tmp_path / "run", verbose=0)
+    assert not resumed.loaded and resumed.resumed_from_step == 2  # the checkpoint of step 2
+    assert resumed.history["step"] == list(range(1, resumed.history["step"][-1] + 1))

@@ -75,7 +75,7 @@ def read_karpathy(split_file, image_root, split, restval=True):
 
 
 def load_coco(split="train", cache_dir=None, karpathy=True, restval=True, with_images=True, urls=None, hashes=None,
-              image_size=None):
+              image_size=None, extract_dir=None):
     """Load COCO captions, downloading and extracting what is needed.
 
     Args:
@@ -89,11 +89,14 @@ def load_coco(split="train", cache_dir=None, karpathy=True, restval=True, with_i
         urls, hashes: override ``{"annotations", "karpathy", "train2014", "val2014"}`` URLs and
             digests (e.g. a local mirror or ``file://`` archives).
         image_size: the size the returned set's ``images`` resize to (int or ``(height, width)``).
+        extract_dir: where the archives are unpacked (default ``cache_dir``), e.g. a fast local disk
+            while ``cache_dir`` (the archives, in ``cache_dir/downloads``) is a network drive.
 
     Returns:
         a :class:`~minicap.data.records.CaptionSet`.
     """
     cache_dir = os.fspath(cache_dir or os.path.join(default_cache_dir(), "coco"))
+    root = os.fspath(extract_dir or cache_dir)
     urls = {
         "annotations": ANNOTATIONS_URL, "karpathy": KARPATHY_URL,
         "train2014": IMAGES_BASE_URL + "train2014.zip", "val2014": IMAGES_BASE_URL + "val2014.zip",
@@ -101,7 +104,7 @@ def load_coco(split="train", cache_dir=None, karpathy=True, restval=True, with_i
     hashes = HASHES | dict(hashes or {})
 
     def ensure(key):
-        return fetch_and_extract(urls[key], cache_dir, hashes[key])
+        return fetch_and_extract(urls[key], cache_dir, hashes[key], destination=root)
 
     if karpathy is not False:
         if split not in KARPATHY_SPLITS:
@@ -112,14 +115,14 @@ def load_coco(split="train", cache_dir=None, karpathy=True, restval=True, with_i
             split_file = os.fspath(karpathy)
             if not os.path.isfile(split_file):
                 raise FileNotFoundError(f"Karpathy split file {split_file!r} does not exist")
-        paths, captions = read_karpathy(split_file, cache_dir, split, restval)
+        paths, captions = read_karpathy(split_file, root, split, restval)
         folders = sorted({os.path.basename(os.path.dirname(p)) for p in paths})
     else:
         if split not in OFFICIAL_SPLITS:
             raise ValueError(f"with the official 2014 splits, split must be one of {tuple(OFFICIAL_SPLITS)}, got {split!r}")
         folder = OFFICIAL_SPLITS[split]
         annotation_file = find_file(ensure("annotations"), f"captions_{folder}.json")
-        paths, captions = read_official(annotation_file, os.path.join(cache_dir, folder))
+        paths, captions = read_official(annotation_file, os.path.join(root, folder))
         folders = [folder]
     if with_images:
         for folder in folders:

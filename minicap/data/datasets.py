@@ -34,11 +34,12 @@ def _mirror(base, names):
 def load_real_split(config, split, image_size=None):
     """One split (``"train"``, ``"val"`` or ``"test"``) of ``config.dataset``: Flickr8k's official lists
     (``val`` is its dev list) or COCO's Karpathy split (train with restval), downloaded to
-    ``config.data_dir`` (or the default cache) on demand, with ``config``'s data
-    settings (``data_dir``, ``data_url``, ``data_hashes``), its images resized to ``image_size``
-    (default: the model's)."""
+    ``config.data_dir`` (or the default cache) on demand and unpacked into ``config.extract_dir`` (default:
+    beside the archives), with ``config``'s data settings (``data_url``, ``data_hashes``), its images
+    resized to ``image_size`` (default: the model's)."""
     data_dir = config.data_dir
     cache_dir = os.path.join(data_dir, config.dataset) if data_dir else None
+    extract_dir = os.path.join(config.extract_dir, config.dataset) if config.extract_dir else None
     image_size = image_size or config.model.image_size
     base, hashes = config.data_url, dict(config.data_hashes or {})
     known = {"flickr8k": ARCHIVES, "coco": COCO_ARCHIVES}.get(config.dataset)
@@ -48,11 +49,39 @@ def load_real_split(config, split, image_size=None):
     if unknown:
         raise ValueError(f"data_hashes for {config.dataset} name unknown archives {unknown}; known: {sorted(known)}")
     if config.dataset == "flickr8k":
-        options = dict(hashes=hashes, image_size=image_size)
+        options = dict(hashes=hashes, image_size=image_size, extract_dir=extract_dir)
         if base:
             options["base_url"] = base if base.endswith("/") else base + "/"
         return load_flickr8k(split, cache_dir, **options)
-    return load_coco(split, cache_dir, urls=_mirror(base, COCO_ARCHIVES), hashes=hashes, image_size=image_size)
+    return load_coco(split, cache_dir, urls=_mirror(base, COCO_ARCHIVES), hashes=hashes, image_size=image_size,
+                     extract_dir=extract_dir)
+
+
+def resolve_dataset(value):
+    """The ``dataset`` setting for ``value``: a built-in data set's name as it is, else the absolute path of an
+    existing folder (or CSV file) of captioned images; anything else is a ValueError naming it."""
+    if value in ("shapes",) + DATASETS:
+        return value
+    path = os.path.abspath(os.path.expanduser(os.fspath(value)))
+    if not os.path.exists(path):
+        raise ValueError(f"dataset {value!r} is neither shapes, flickr8k, coco nor an existing folder or CSV file "
+                         f"of captioned images")
+    return path
+
+
+def scoring_split(config, split=None, image_size=None):
+    """``(split, data)``: the photos a model trained on ``config``'s data set is scored on, ``split`` if given,
+    else the held-out one: Flickr8k's and COCO's test split, a folder's val split (see
+    :func:`~minicap.data.folder.load_caption_folder`). ``image_size``: default the model's."""
+    image_size = image_size or config.model.image_size
+    if config.dataset == "shapes":
+        raise ValueError("shapes scenes are scored on new scenes drawn for the purpose (minicap.data.shapes."
+                         "make_shapes), not on a split of files")
+    if config.dataset in DATASETS:
+        split = split or "test"
+        return split, load_real_split(config, split, image_size)
+    split = split or "val"
+    return split, load_caption_folder(config.dataset, split, image_size=image_size)
 
 
 def load_data(config):

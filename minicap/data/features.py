@@ -6,9 +6,10 @@ ViT-B/32 at 224 px gives ``(123287, 49, 768)`` float16, about 9 GB: more than a 
 memory. :func:`cached_features` therefore writes them into a memory-mapped ``.npy`` file chunk by
 chunk and returns it memory-mapped, so only the rows a batch reads are ever in memory.
 
-A cache lives in ``cache_dir/<key>/``, where ``key`` hashes the image list, the image size and a
-description of the backbone and its weights (:func:`fingerprint_variables`): another image list,
-size, backbone or set of weights never reads a stale cache. Inside::
+A cache lives in ``cache_dir/<key>/``, where ``key`` hashes the image list (each file's path relative to
+the folder of them all, and its size), the image size and a description of the backbone and its weights
+(:func:`fingerprint_variables`): another image list, size, backbone or set of weights never reads a stale
+cache, and the same photos unpacked into another folder find theirs. Inside::
 
     features.npy    float16 (num_images, *feature_shape), created whole at the start
     progress.json   {"done": images written, "complete": ..., "describe": ..., ...}
@@ -61,12 +62,25 @@ def fingerprint_variables(variables):
 
 
 def cache_key(paths, image_size, describe):
-    """The SHA-256 (hex) that names the cache of these images, this size and this backbone."""
+    """The SHA-256 (hex) that names the cache of these images, this size and this backbone.
+
+    An image counts by its path relative to the folder that holds them all, and by its size in bytes: the same
+    photos unpacked into another folder (a new Colab runtime's disk, while the cache is kept on Google Drive) find
+    their cache, and another list, order or file does not."""
     try:
-        text = json.dumps({"paths": paths, "image_size": list(image_size), "describe": describe}, sort_keys=True)
+        text = json.dumps({"images": _image_list(paths), "image_size": list(image_size), "describe": describe},
+                          sort_keys=True)
     except (TypeError, ValueError) as error:
         raise ValueError(f"describe must be a JSON-serialisable dict, got {describe!r} ({error})") from None
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _image_list(paths):
+    """``[[relative path, bytes], ...]`` of ``paths`` (bytes None for a missing file, which reading reports)."""
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    return [[os.path.relpath(p, root).replace(os.sep, "/"), os.path.getsize(p) if os.path.isfile(p) else None]
+            for p in absolute]
 
 
 def _load_batch(paths, start, stop, image_size):

@@ -66,7 +66,8 @@ def read_split_file(path):
     return [line.strip() for line in read_text_lines(path) if line.strip()]
 
 
-def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE_URL, hashes=None, image_size=None):
+def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE_URL, hashes=None, image_size=None,
+                  extract_dir=None):
     """Load one official Flickr8k split, downloading and extracting the archives if needed.
 
     Args:
@@ -80,6 +81,8 @@ def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE
         hashes: ``{"text": ..., "images": ...}`` digests overriding ``ARCHIVES``' (``None``
             values skip the check and record the first download's SHA-256 instead).
         image_size: the size the returned set's ``images`` resize to (int or ``(height, width)``).
+        extract_dir: where the archives are unpacked (default ``cache_dir``), e.g. a fast local disk
+            while ``cache_dir`` (the archives, in ``cache_dir/downloads``) is a network drive.
 
     Returns:
         a :class:`~minicap.data.records.CaptionSet` of image paths and their 5 captions.
@@ -89,9 +92,10 @@ def load_flickr8k(split="train", cache_dir=None, with_images=True, base_url=BASE
         raise ValueError(f"split must be one of {tuple(SPLIT_FILES)} (or 'val' for 'dev'), got {split!r}")
     cache_dir = os.fspath(cache_dir or os.path.join(default_cache_dir(), "flickr8k"))
     hashes = {key: file_hash for key, (_, file_hash) in ARCHIVES.items()} | dict(hashes or {})
-    root = fetch_and_extract(base_url + ARCHIVES["text"][0], cache_dir, hashes["text"])
+    destination = os.fspath(extract_dir or cache_dir)
+    root = fetch_and_extract(base_url + ARCHIVES["text"][0], cache_dir, hashes["text"], destination)
     if with_images:
-        fetch_and_extract(base_url + ARCHIVES["images"][0], cache_dir, hashes["images"])
+        fetch_and_extract(base_url + ARCHIVES["images"][0], cache_dir, hashes["images"], destination)
     token_file = find_file(root, TOKEN_FILE)
     captions = read_token_file(token_file)
     names = read_split_file(find_file(root, SPLIT_FILES[split]))
