@@ -84,10 +84,14 @@ PHOTO_SIZES = [(500, 375, 0.34), (500, 333, 0.26), (375, 500, 0.14), (333, 500, 
 CAPTION_WORDS = (11.0, 3.8, 1, 36)  # mean, standard deviation, shortest, longest
 FILLER_VOCABULARY, FILLER_ZIPF = 20000, 1.3  # words drawn by Zipf's law: ~2,500 used 5+ times at full size
 
-# Assumed, not measured (no GPU is lent to the machines that run this): the fraction of a GPU's 16-bit peak
-# that the ViT-B/32's batches of 64 reach, that the small decoder's training step reaches, and the fixed cost
-# of one training step (launching its kernels, the Python of Keras' loop).
-ASSUMED = {"vit_utilisation": 0.35, "decoder_utilisation": 0.10, "step_overhead_ms": 4.0}
+# Assumed, not measured (no GPU is lent to the machines that run this), as a range: the fraction of a GPU's
+# 16-bit peak that the ViT-B/32's batches of 64 reach, the fraction the small decoder's training step reaches,
+# the fixed cost of one training step (launching its kernels, the Python of Keras' loop), and whether the CPU's
+# part (decoding JPEGs, building a batch) overlaps the GPU's or adds to it.
+ASSUMED = {"optimistic": {"vit_utilisation": 0.35, "decoder_utilisation": 0.10, "step_overhead_ms": 4.0,
+                          "cpu_overlaps": True},
+           "pessimistic": {"vit_utilisation": 0.15, "decoder_utilisation": 0.03, "step_overhead_ms": 15.0,
+                           "cpu_overlaps": False}}
 GPUS = ("T4", "L4", "A100")
 
 
@@ -271,6 +275,7 @@ def rehearse(images, work, epochs=1, seed=0, overrides=None, log=print):
             keras.utils.set_random_seed(seed)
             model = CaptionModel(model_config(config, len(tokenizer), tokenizer.pad_id))
             entry["parameters"] = model.count_params()
+            entry["trainable_parameters"] = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
             entry["weights_bytes"] = disk_bytes(work / "keras_home" / "weights" / vit_file)
         with phase(report, "JPEG decoding alone (one thread, as the loader)", log) as entry:
             sample = train_split.paths[:min(300, len(train_split))]
@@ -334,7 +339,7 @@ def rehearse(images, work, epochs=1, seed=0, overrides=None, log=print):
         "vit_weights": report["phases"]["model: ViT-B/32 weights downloaded and loaded"]["weights_bytes"],
         "run": disk_bytes(run_dir)}
     report["peak_rss_mib"] = round(peak_rss_mib())
-    report["estimates"] = estimate(report, config, len(tokenizer))
+    report["estimates"] = estimate(report)
     return report
 
 
@@ -353,37 +358,51 @@ def vit_flops(variant="vit-b32", image_size=224):
     return 2 * patches * patch * patch * 3 * width + architecture["num_layers"] * layer
 
 
-def estimate(report, config, vocab_size, assumed=None):
-    """Times on Colab's GPUs, estimated from the rehearsal's counts and this machine's CPU-side measurements."""
-    assumed = {**ASSUMED, **(assumed or {})}
+def estimate(report, assumed=ASSUMED):
+    """Times on Colab's GPUs, estimated from the report's counts and this machine's CPU-side measurements, for
+    each set of ``assumed`` figures (an optimistic and a pessimistic one)."""
     phases = report["phases"]
+    settings = {k: v for k, v in report["settings"].items() if k != "profile"}
+    config = profile("photos", **settings)
     features = sum(phases[f"features: {s} photos through the frozen ViT-B/32"]["images"] for s in ("train", "val"))
     training = phases["training (train(): the decoder on cached features)"]
     decode_rate = phases["JPEG decoding alone (one thread, as the loader)"]["images_per_second"]
-    batch_ms = phases["input pipeline: a batch of cached features"]["ms_per_batch"]
-    model = model_config(config, vocab_size, 0)
-    step_flops = 3 * decoder_flops(model) * config.batch_size  # forward + backward, one batch of captions
+    batch_seconds = phases["input pipeline: a batch of cached features"]["ms_per_batch"] / 1e3
+    step_flops = 3 * decoder_flops(model_config(config, report["data"]["vocabulary"], 0)) * config.batch_size
     image_flops = vit_flops(config.model.backbone, config.model.image_size)
-    epochs = training["profile_epochs"]
-    steps = training["steps_per_epoch"] * epochs
-    estimates = {"how": (f"each phase takes the longer of its GPU compute and the CPU work measured here: "
-                         f"features: max(photos x {image_flops / 1e9:.2f} GFLOP / (peak x "
-                         f"{assumed['vit_utilisation']}), photos / {decode_rate} JPEGs per second); training: "
-                         f"{steps:,} steps x max({step_flops / 1e9:.1f} GFLOP / (peak x "
-                         f"{assumed['decoder_utilisation']}) + {assumed['step_overhead_ms']} ms, {batch_ms} ms "
-                         f"to build a batch); utilisations and overhead assumed, not measured"),
+    epochs, steps = training["profile_epochs"], training["steps_per_epoch"]
+    overheads = "/".join(f"{a['step_overhead_ms']:g}" for a in assumed.values())
+    fractions = ", ".join(f"{a['vit_utilisation']:.0%}/{a['decoder_utilisation']:.0%}" for a in assumed.values())
+    estimates = {"how": (f"a phase takes its GPU compute (the FLOPs counted: {image_flops / 1e9:.2f} GFLOP a photo "
+                         f"through the ViT-B/32, {step_flops / 1e9:.1f} GFLOP a training step) at a fraction of the "
+                         f"GPU's 16-bit peak ({fractions} for the ViT/the decoder), plus {overheads} ms a step, and "
+                         f"the CPU's work measured here ({decode_rate:.0f} JPEGs decoded a second in the loader's "
+                         f"thread, {batch_seconds * 1e3:.1f} ms to build a batch), overlapping or added; the "
+                         f"fractions and the overheads are assumed, and the range spans the two sets"),
                  "assumed": assumed, "vit_gflops_per_image": round(image_flops / 1e9, 3),
-                 "decoder_training_gflops_per_step": round(step_flops / 1e9, 2), "training_steps": steps,
+                 "decoder_training_gflops_per_step": round(step_flops / 1e9, 2), "training_steps": epochs * steps,
                  "epochs": epochs}
+    # GPU memory: the weights (float32), the gradients and Adam's two moments of the trainable ones, and the
+    # largest activations of a batch of photos through the ViT (its MLP's hidden layer, kept twice: in and out).
+    model_phase = phases["model: ViT-B/32 weights downloaded and loaded"]
+    architecture = VIT_VARIANTS[config.model.backbone]
+    tokens = config.model.num_patches + 1
+    activations = 2 * config.batch_size * tokens * architecture["mlp_dim"] * 4
+    estimates["gpu_memory_gib"] = round((4 * model_phase["parameters"] + 12 * model_phase["trainable_parameters"]
+                                         + activations) / 2 ** 30, 2)
+    combine = {True: max, False: lambda a, b: a + b}
     for gpu in GPUS:
-        peak = PEAK_TFLOPS[gpu] * 1e12
-        feature_seconds = max(features * image_flops / (peak * assumed["vit_utilisation"]), features / decode_rate)
-        step_seconds = max(step_flops / (peak * assumed["decoder_utilisation"]) + assumed["step_overhead_ms"] / 1e3,
-                           batch_ms / 1e3)
-        estimates[gpu] = {"peak_tflops": PEAK_TFLOPS[gpu], "features_minutes": round(feature_seconds / 60, 1),
-                          "epoch_minutes": round(training["steps_per_epoch"] * step_seconds / 60, 2),
-                          "training_minutes": round(steps * step_seconds / 60, 1),
-                          "total_minutes": round((feature_seconds + steps * step_seconds) / 60, 1)}
+        peak, entry = PEAK_TFLOPS[gpu] * 1e12, {"peak_tflops": PEAK_TFLOPS[gpu]}
+        for case, a in assumed.items():
+            both = combine[a["cpu_overlaps"]]
+            feature_seconds = both(features * image_flops / (peak * a["vit_utilisation"]), features / decode_rate)
+            step_seconds = both(step_flops / (peak * a["decoder_utilisation"]) + a["step_overhead_ms"] / 1e3,
+                                batch_seconds)
+            entry[case] = {"features_minutes": round(feature_seconds / 60, 3),
+                           "epoch_minutes": round(steps * step_seconds / 60, 3),
+                           "training_minutes": round(epochs * steps * step_seconds / 60, 3),
+                           "total_minutes": round((feature_seconds + epochs * steps * step_seconds) / 60, 3)}
+        estimates[gpu] = entry
     return estimates
 
 
@@ -397,10 +416,11 @@ def format_report(report):
     lines.append("disk: " + ", ".join(f"{k} {v / 2 ** 20:,.0f} MiB" for k, v in report["disk_bytes"].items()))
     lines.append("estimates (not measured): " + report["estimates"]["how"])
     for gpu in GPUS:
-        e = report["estimates"][gpu]
-        lines.append(f"  {gpu:5} features {e['features_minutes']:5.1f} min, an epoch {e['epoch_minutes']:5.2f} min, "
-                     f"{report['estimates']['epochs']} epochs {e['training_minutes']:5.1f} min, "
-                     f"in all {e['total_minutes']:5.1f} min")
+        low, high = (report["estimates"][gpu][case] for case in ASSUMED)
+        lines.append(f"  {gpu:5} " + ", ".join(
+            f"{label} {low[key]:.1f}-{high[key]:.1f} min" for label, key in
+            (("features", "features_minutes"), ("an epoch", "epoch_minutes"),
+             (f"{report['estimates']['epochs']} epochs", "training_minutes"), ("in all", "total_minutes"))))
     return "\n".join(lines)
 
 
@@ -413,6 +433,14 @@ QUOTING_PAGES = ("README.md", "book/05_training.ipynb", "book/your_photos.ipynb"
 
 def _minutes(seconds):
     return f"{seconds / 60:.1f} min"
+
+
+def _range(estimates, gpu, key):
+    """``low-high`` of an estimate (optimistic to pessimistic), in seconds under two minutes, else in minutes."""
+    low, high = (estimates[gpu][case][key] for case in ASSUMED)
+    if high < 2:
+        return f"{60 * low:.0f}-{60 * high:.0f} s"
+    return f"{low:.1f}-{high:.1f} min"
 
 
 def quote(report):
@@ -430,13 +458,13 @@ def quote(report):
     rows = [
         (f"features of the {photos:,} training and validation photos (frozen ViT-B/32, once)",
          f"{_minutes(feature_seconds)} ({photos / feature_seconds:.0f} photos/s)",
-         [_minutes(60 * estimates[g]["features_minutes"]) for g in GPUS]),
+         [_range(estimates, g, "features_minutes") for g in GPUS]),
         (f"one epoch: {steps:,} steps of {report['settings'].get('batch_size', 64)} captions",
          f"{_minutes(epoch_seconds)} ({training['median_step_ms'] / 1000:.2f} s a step)",
-         [_minutes(60 * estimates[g]["epoch_minutes"]) for g in GPUS]),
+         [_range(estimates, g, "epoch_minutes") for g in GPUS]),
         (f"the profile's {epochs} epochs",
-         f"{_minutes(training['profile_run_seconds_extrapolated'])} (12 x the epoch)",
-         [_minutes(60 * estimates[g]["training_minutes"]) for g in GPUS]),
+         f"{_minutes(training['profile_run_seconds_extrapolated'])} ({epochs} x the epoch)",
+         [_range(estimates, g, "training_minutes") for g in GPUS]),
     ]
     disk = report["disk_bytes"]
     gib = lambda value: f"{value / 2 ** 30:.2f} GB"  # noqa: E731
@@ -450,9 +478,14 @@ def quote(report):
         f"What it needs: disk {gib(sum(disk.values()))} (the archives {gib(disk['archives'])}, the photos unpacked "
         f"{gib(disk['photos_extracted'])}, the feature cache {gib(disk['feature_cache'])}, the ViT weights "
         f"{gib(disk['vit_weights'])}, the run {gib(disk['run'])}); memory: at most "
-        f"{report['peak_rss_mib'] / 1024:.1f} GB of RAM (the rehearsal's peak); on a GPU the model and a batch of "
-        f"64 photos take well under 1 GB. Evaluation: {phases['evaluation: test split, greedy']['images']:,} "
-        f"test photos, {_minutes(phases['evaluation: test split, greedy']['seconds'])} greedy and "
+        f"{report['peak_rss_mib'] / 1024:.1f} GB of RAM (the rehearsal's peak); on a GPU, about "
+        f"{estimates['gpu_memory_gib']:.1f} GB (estimated: the weights, the decoder's gradients and Adam's moments, a "
+        f"batch's largest activations; TensorFlow and JAX reserve most of the GPU's memory whatever the model needs). "
+        f"Not in the table: downloading the archives and the weights ({gib(disk['archives'] + disk['vit_weights'])} "
+        f"here; Flickr8k's own archives are about 1 GB) at your runtime's speed, and unpacking them "
+        f"({phases['extract and read the captions']['seconds']:.0f} s here). Scoring the "
+        f"{phases['evaluation: test split, greedy']['images']:,} test photos took "
+        f"{_minutes(phases['evaluation: test split, greedy']['seconds'])} greedy and "
         f"{_minutes(phases['evaluation: test split, beam 5']['seconds'])} with beam search here.",
         "",
         f"Measured with `python tools/rehearse_photos.py` ({report['date'][:10]}; {data['images']:,} stand-in photos "
