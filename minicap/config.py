@@ -191,8 +191,8 @@ class TrainConfig:
     # file) of the reader's own captioned images: captions.csv with the header image,caption
     dataset: str = "shapes"
     data_dir: str = ""               # where downloads and feature caches go ("" = $MINICAP_DATA or ~/.keras/datasets/minicap)
-    # where the archives are unpacked ("" = data_dir): a fast local disk while data_dir is a network drive
-    # (on Colab, Google Drive keeps the archives and the feature cache; the photos are read from the runtime's disk)
+    # where the archives are unpacked ("" = data_dir): a fast local disk while data_dir is a network drive (on
+    # Colab, Google Drive keeps the archives and the feature cache; the photos are read from the runtime's disk)
     extract_dir: str = ""
     data_url: str = ""               # a mirror of the data set's archives, e.g. file:///data/flickr8k/ ("" = official hosts)
     data_hashes: dict = dataclasses.field(default_factory=dict)  # digests replacing the published ones (only if given)
@@ -282,7 +282,7 @@ PROFILES = {
     # 224 pixels (49 patch tokens of width 768) projected to the decoder's width 256, 4 heads. Flickr8k's 6,000
     # training photos are little data for a decoder trained from scratch, hence 2 layers and dropout 0.3; rare
     # words (fewer than 5 uses) become [UNK]. Its cost was measured at Flickr8k's size on stand-ins
-    # (tools/rehearse_photos.py, book/measured/rehearse_photos.json); the quality of its captions was reasoned,
+    # (tools/rehearse_photos.py, tools/measured/rehearse_photos.json); the quality of its captions was reasoned,
     # not measured: no machine of this project reaches Flickr8k.
     "photos": TrainConfig(
         model=CaptionConfig(vocab_size=None, backbone="vit-b32", image_size=224, max_length=24, model_dim=256,

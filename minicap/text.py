@@ -155,8 +155,8 @@ class Tokenizer:
             ids[row, : len(tokens)] = tokens
         if self.truncated:
             warnings.warn(
-                f"{self.truncated} of {len(texts)} caption(s) longer than max_length={max_length} "
-                f"tokens were truncated (their [END] kept)",
+                f"{self.truncated} of {len(texts)} caption(s) longer than {max_length - 2} words (with [START] and "
+                f"[END], {max_length} tokens) were truncated to their first {max_length - 2} words (their [END] kept)",
                 stacklevel=2,
             )
         return ids

@@ -44,7 +44,8 @@ def test_encode_known_ids_and_padding(tok):
 
 
 def test_encode_truncates_keeping_end(tok):
-    with pytest.warns(UserWarning, match="1 of 2 caption"):
+    truncated = r"1 of 2 caption\(s\) longer than 3 words \(with \[START\] and \[END\], 5 tokens\)"
+    with pytest.warns(UserWarning, match=truncated):
         ids = tok.encode(["a red circle a blue square", "a red"], max_length=5)
     np.testing.assert_array_equal(ids[0], [1, 4, 5, 8, 2])
     assert tok.truncated == 1

@@ -27,7 +27,7 @@ thread; building a batch of cached features). The assumptions are arguments, and
     python tools/rehearse_photos.py --images 400     # a fraction, the same path (a few minutes)
 
 The JSON report (``--output``, default ``_build/rehearsal/photos-<images>.json``) names the machine; the book
-quotes ``book/measured/rehearse_photos.json``, the full-size report. Runs in a clone of the repository: it
+quotes ``tools/measured/rehearse_photos.json``, the full-size report. Runs in a clone of the repository: it
 uses the stand-in writers of ``tests/photo_stand_ins.py``.
 """
 import argparse
@@ -213,6 +213,18 @@ def write_archives(folder, images, seed=0, log=print):
 # The photos path, timed
 # ---------------------------------------------------------------------------------------------
 
+# `minicap caption ARGS` as the command runs it, then its own peak resident memory (VmHWM: the process's, from
+# its start; getrusage's figure for a child would include the parent's memory at the fork).
+CAPTION = """
+import sys
+from minicap.cli import main
+code = main(["caption", *sys.argv[1:]])
+with open("/proc/self/status") as status:
+    print(next((line for line in status if line.startswith("VmHWM:")), ""), file=sys.stderr, end="")
+sys.exit(code)
+"""
+
+
 class StepTimer(keras.callbacks.Callback):
     """The wall time of every training step."""
 
@@ -327,13 +339,13 @@ def rehearse(images, work, epochs=1, seed=0, overrides=None, log=print):
             photo = work / "photo.jpg"
             photo.write_bytes(stand_in_photo(np.random.default_rng(seed + 1))[0])
             environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-            completed = subprocess.run([sys.executable, "-m", "minicap.cli", "caption", str(photo), "--model",
-                                        str(result.model_path), "--beam", "5"], capture_output=True, text=True,
-                                       env=environment)
+            completed = subprocess.run([sys.executable, "-c", CAPTION, str(photo), "--model", str(result.model_path),
+                                        "--beam", "5"], capture_output=True, text=True, env=environment)
             if completed.returncode:
                 raise RuntimeError(f"minicap caption failed: {completed.stderr[-2000:]}")
             entry["caption"] = completed.stdout.strip().splitlines()[-1].split("\t")[-1]
-            entry["peak_rss_mib_of_that_process"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+            peak = [line for line in completed.stderr.splitlines() if line.startswith("VmHWM:")]
+            entry["peak_rss_mib_of_that_process"] = round(int(peak[-1].split()[1]) / 1024) if peak else None
     report["disk_bytes"] = {"archives": disk_bytes(downloads), "photos_extracted": report["phases"][
         "extract and read the captions"]["extracted_bytes"], "feature_cache": report["feature_cache_bytes"],
         "vit_weights": report["phases"]["model: ViT-B/32 weights downloaded and loaded"]["weights_bytes"],
@@ -425,9 +437,9 @@ def format_report(report):
 
 
 # The block the pages quote, between these markers (README.md, chapter 5, the photos notebook); a test checks
-# that each page's block is quote(book/measured/rehearse_photos.json).
+# that each page's block is quote(tools/measured/rehearse_photos.json).
 QUOTE_START, QUOTE_END = "<!-- rehearse_photos: start -->", "<!-- rehearse_photos: end -->"
-QUOTED_REPORT = ROOT / "book" / "measured" / "rehearse_photos.json"
+QUOTED_REPORT = ROOT / "tools" / "measured" / "rehearse_photos.json"
 QUOTING_PAGES = ("README.md", "book/05_training.ipynb", "book/your_photos.ipynb")
 
 
@@ -546,7 +558,7 @@ def main(argv=None):
     parser.add_argument("--output", help="the JSON report (default _build/rehearsal/photos-<images>.json)")
     parser.add_argument("--update-pages", metavar="REPORT", nargs="?", const=str(QUOTED_REPORT),
                         help="rehearse nothing: write REPORT's figures (default the book's, "
-                             "book/measured/rehearse_photos.json) into the pages that quote them")
+                             "tools/measured/rehearse_photos.json) into the pages that quote them")
     args = parser.parse_args(argv)
     if args.update_pages:
         report = json.loads(Path(args.update_pages).read_text())

@@ -5,6 +5,7 @@ readers get from the web, is answered locally; MathJax comes with the book), sho
 every equation, show the outputs of its code cells, resolve its citations and internal links, and list
 every chapter in its navigation. A full-page screenshot of each page is saved to _build/screenshots.
 """
+import json
 import re
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
@@ -13,12 +14,17 @@ import pytest
 
 from minicap import colab
 
-from .conftest import HTML, SCREENSHOTS, toc_pages
+from .conftest import HTML, ROOT, SCREENSHOTS, toc_pages
 
 pytestmark = pytest.mark.browser
 
 PAGES = toc_pages()
 CHAPTER = re.compile(r"(^|/)\d\d_[^/]+$")  # book/01_patches: a chapter notebook
+NOTEBOOKS = [page for page in PAGES if (ROOT / f"{page}.ipynb").is_file()]  # chapters, appendix, photos notebook
+# The notebooks the book shows unexecuted: their metadata turns myst-nb's execution off.
+UNEXECUTED = [page for page in NOTEBOOKS
+              if json.loads((ROOT / f"{page}.ipynb").read_text()).get("metadata", {}).get("mystnb", {})
+              .get("execution_mode") == "off"]
 TIMEOUT_MS = 90_000  # two shared CPU cores: MathJax typesetting a long page can take a while
 # The Colab badge image comes from Colab's site; offline a stand-in of the same size answers.
 BADGE_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="117" height="20">'
@@ -177,6 +183,9 @@ def test_page_renders_completely(visit, docname):
             problems.append(f"code cell outputs: {facts['outputs']} shown, {facts['emptyOutputs']} of them empty")
         if facts["figureCellsWithoutImage"]:
             problems.append(f"cells calling plt.show() without a figure: {facts['figureCellsWithoutImage']}")
+    if docname in UNEXECUTED and (facts["outputs"] or "not executed when the book is built" not in facts["text"]):
+        problems.append("a page shown unexecuted must say so, and show no outputs")
+    if docname in NOTEBOOKS:
         notebook = f"{Path(docname).name}.ipynb"
         badges = [link for link in facts["articleLinks"] if link.startswith("https://colab.research.google.com/")]
         if badges[:1] != [colab.colab_url(notebook)]:
