@@ -1,4 +1,5 @@
-"""The book's figures, as reusable functions: each returns the matplotlib ``Axes`` (or figure) it drew.
+"""The book's figures, as reusable functions: each returns the matplotlib ``Axes`` (or figure) it drew; and
+:func:`glue`, which hands a value of a page's own run to the page's prose.
 
 Functions are grouped by chapter. All take numpy arrays or backend tensors. Multi-panel figures are at most
 ``PAGE_WIDTH`` inches wide, so that the book's pages show them at their own size, their labels readable.
@@ -12,6 +13,21 @@ from keras import ops
 # The width of a figure on the book's page: the text column is about 690 pixels wide, and matplotlib draws
 # 100 pixels per inch. A wider figure is shrunk to fit, and its labels with it.
 PAGE_WIDTH = 7.0
+
+
+def glue(name, value):
+    """Record ``value`` (its text, e.g. ``f"{rate:.1%}"``) under ``name`` for the page's prose, where
+    ``{glue:text}`name``` shows it: a number the text gives about the page's own run comes from that run.
+
+    myst-nb's ``glue`` when myst-nb is installed (the book's build); elsewhere (Colab) nothing, since no prose
+    there reads it. Returns ``value``.
+    """
+    try:
+        from myst_nb import glue as record
+    except ImportError:
+        return value
+    record(name, value, display=False)
+    return value
 
 
 def to_numpy(x):

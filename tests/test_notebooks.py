@@ -229,3 +229,50 @@ def test_every_excerpt_names_a_file_and_markers_that_exist(path):
             positions = [text.find(markers[key]) for key in ("start-after", "end-before") if key in markers]
             assert all(p >= 0 for p in positions), f"{path.name}: {target} lacks a marker of {markers}"
             assert positions == sorted(positions), f"{path.name}: {target}'s markers are out of order"
+
+
+# A sentence of prose about the page's own run, and what may stand in it besides words: its numbers come from the
+# run (a glue role) or the text points at what the cell printed; seed and chapter numbers, math and code are not
+# the run's figures.
+THIS_RUN = re.compile(r"\bthis (?:page's )?run\b", re.IGNORECASE)
+NOT_A_FIGURE = re.compile(r"\{glue:text\}`[^`]*`|\$[^$]*\$|`[^`]*`|\bseeds? \d+(?:(?: to |-)\d+)?|\bchapters? \d+"
+                          r"|\b[A-Za-z][\w/-]*\d[\w/]*")  # names such as Flickr8k or ViT-B/32
+
+
+def sentences(text):
+    """The sentences of a markdown text's paragraphs (tables left out)."""
+    found = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        if not paragraph.lstrip().startswith("|"):
+            found += re.split(r"(?<=[.!?:])\s+(?=[A-Z*`(])", " ".join(paragraph.split()))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_about_this_run_takes_its_numbers_from_the_run(path):
+    """Where the text speaks of the page's own run, no number in it is typed by hand: each comes from the run
+    (myst-nb's glue, filled in when the page is built), or the text points at what a cell printed."""
+    typed = []
+    for cell in load(path)["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        for sentence in sentences(source(cell)):
+            if not THIS_RUN.search(sentence):
+                continue
+            if re.search(r"\d", NOT_A_FIGURE.sub("", sentence)):
+                typed.append(sentence)
+    assert not typed, f"{path.name}: a number typed by hand where the text describes this run: {typed}"
+
+
+def test_the_pages_glue_what_their_prose_quotes():
+    """Every value a page's prose pastes ({glue:text}`name`) is glued by one of its cells (the book build, with
+    warnings as errors, fails on a missing one; this says which)."""
+    for path in NOTEBOOKS:
+        notebook = load(path)
+        code = "\n".join(source(c) for c in notebook["cells"] if c["cell_type"] == "code")
+        quoted = {key for c in notebook["cells"] if c["cell_type"] == "markdown"
+                  for key in re.findall(r"\{glue:text\}`([\w-]+)", source(c))}
+        names = set(re.findall(r"glue\(\s*\"([\w-]+)\"", code))
+        dynamic = re.findall(r"glue\(\s*f\"", code)
+        assert quoted <= names or dynamic, f"{path.name} pastes {sorted(quoted - names)} but glues none of them"
+        assert not quoted or "from minicap.plot import" in code and "glue" in code

@@ -388,7 +388,7 @@ def estimate(report, assumed=ASSUMED):
     estimates = {"how": (f"a phase takes its GPU compute (the FLOPs counted: {image_flops / 1e9:.2f} GFLOP a photo "
                          f"through the ViT-B/32, {step_flops / 1e9:.1f} GFLOP a training step) at a fraction of the "
                          f"GPU's 16-bit peak ({fractions} for the ViT/the decoder), plus {overheads} ms a step, and "
-                         f"the CPU's work measured here ({decode_rate:.0f} JPEGs decoded a second in the loader's "
+                         f"the CPU's work measured in the rehearsal ({decode_rate:.0f} JPEGs decoded a second in the loader's "
                          f"thread, {batch_seconds * 1e3:.1f} ms to build a batch), overlapping or added; the "
                          f"fractions and the overheads are assumed, and the range spans the two sets"),
                  "assumed": assumed, "vit_gflops_per_image": round(image_flops / 1e9, 3),
@@ -494,11 +494,11 @@ def quote(report):
         f"{estimates['gpu_memory_gib']:.1f} GB (estimated: the weights, the decoder's gradients and Adam's moments, a "
         f"batch's largest activations; TensorFlow and JAX reserve most of the GPU's memory whatever the model needs). "
         f"Not in the table: downloading the archives and the weights ({gib(disk['archives'] + disk['vit_weights'])} "
-        f"here; Flickr8k's own archives are about 1 GB) at your runtime's speed, and unpacking them "
-        f"({phases['extract and read the captions']['seconds']:.0f} s here). Scoring the "
+        f"in the rehearsal; Flickr8k's own archives are about 1 GB) at your runtime's speed, and unpacking them "
+        f"({phases['extract and read the captions']['seconds']:.0f} s in the rehearsal). Scoring the "
         f"{phases['evaluation: test split, greedy']['images']:,} test photos took "
         f"{_minutes(phases['evaluation: test split, greedy']['seconds'])} greedy and "
-        f"{_minutes(phases['evaluation: test split, beam 5']['seconds'])} with beam search here.",
+        f"{_minutes(phases['evaluation: test split, beam 5']['seconds'])} with beam search on the rehearsal's CPU.",
         "",
         f"Measured with `python tools/rehearse_photos.py` ({report['date'][:10]}; {data['images']:,} stand-in photos "
         f"and {data['captions']:,} captions, the real ViT-B/32 on stand-in weights; {machine['cpu']}, "

@@ -1,9 +1,13 @@
-"""Build fix for the rendered book: drop repeated inline scripts from every page.
+"""The rendered book's own additions: its stylesheet, and a build fix.
 
-Under Sphinx 7.4, inline configuration scripts that extensions add once the builder exists (e.g.
-sphinx-thebe's ``const THEBE_JS_URL = ...``) reach the page twice, and a repeated ``const`` is a
-SyntaxError in the reader's browser (tests/browser checks pages for console errors).
+- ``static/minicap.css``: code cells at a size whose longest line fits the article's column at 1280 px.
+- Under Sphinx 7.4, inline configuration scripts that extensions add once the builder exists (e.g.
+  sphinx-thebe's ``const THEBE_JS_URL = ...``) reach the page twice, and a repeated ``const`` is a
+  SyntaxError in the reader's browser (tests/browser checks pages for console errors): the repeats are dropped.
 """
+from pathlib import Path
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _drop_repeated_scripts(app, pagename, templatename, context, doctree):
@@ -20,6 +24,12 @@ def _drop_repeated_scripts(app, pagename, templatename, context, doctree):
     scripts[:] = unique  # Sphinx restores its own list after each page
 
 
+def _add_static(app, config):
+    config.html_static_path.append(str(STATIC))
+
+
 def setup(app):
+    app.connect("config-inited", _add_static)
+    app.add_css_file("minicap.css")
     app.connect("html-page-context", _drop_repeated_scripts)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

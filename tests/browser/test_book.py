@@ -75,9 +75,9 @@ class PageVisit:
     """Opens one page with every request outside localhost answered locally or refused, and records
     console errors, uncaught exceptions, failed and unexpected requests as problems."""
 
-    def __init__(self, browser, base):
+    def __init__(self, browser, base, width=1280):
         self.base, self.problems = base, []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.context = browser.new_context(viewport={"width": width, "height": 900})
         self.context.set_default_timeout(TIMEOUT_MS)
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
@@ -342,3 +342,58 @@ def test_explorer_overlay_lies_on_its_photo_in_light_and_dark_mode(visit):
         explorer.scroll_into_view_if_needed()
         explorer.screenshot(path=str(SCREENSHOTS / f"explorer-{mode}.png"))
     assert not visit.problems, visit.problems
+
+
+# Code cells (their input and printed output, solutions opened) wider than their box: a scrollbar hides the end.
+CODE_FACTS = """() => {
+  document.querySelectorAll('details').forEach((el) => { el.open = true; });
+  const blocks = Array.from(document.querySelectorAll('.bd-article div.cell pre'));
+  return {
+    blocks: blocks.length,
+    wide: blocks.filter((el) => el.scrollWidth > el.clientWidth + 1)
+        .map((el) => el.innerText.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), '').slice(0, 100)),
+  };
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_code_cells_fit_their_column_on_a_laptop_and_a_desktop(browser, server, width):
+    """Every line of every code cell is visible without scrolling sideways, in a 1280 px (a laptop) and a
+    1920 px wide window: no comment hides behind a scrollbar."""
+    visit = PageVisit(browser, server, width=width)
+    try:
+        blocks = 0
+        for docname in NOTEBOOKS:
+            visit.open(docname)
+            facts = visit.page.evaluate(CODE_FACTS)
+            assert not facts["wide"], f"{docname} at {width} px: code wider than its column: {facts['wide']}"
+            blocks += facts["blocks"]
+        assert blocks > 100  # every notebook's code was looked at
+        assert not visit.problems, visit.problems
+    finally:
+        visit.close()
+
+
+SOLUTION_LABEL = re.compile(r"^Solution to exercise (\d+)$")
+
+
+def test_each_exercise_has_one_solution_toggle_labelled_alike_on_every_page(visit):
+    """One toggle per exercise, "Solution to exercise N", whether the solution is text (a dropdown) or code (a
+    hidden cell), numbered 1, 2, ... as the exercises are."""
+    for docname in NOTEBOOKS:
+        visit.open(docname)
+        labels = visit.page.evaluate("""() => {
+          const section = document.querySelector('section#exercises');
+          if (!section) { return null; }
+          const exercises = section.querySelector('ol');
+          return {
+            exercises: exercises ? exercises.children.length : 0,
+            toggles: Array.from(section.querySelectorAll('details > summary'))
+                .map((el) => el.innerText.trim()),
+          };
+        }""")
+        if labels is None:
+            continue
+        numbers = [SOLUTION_LABEL.match(label) for label in labels["toggles"]]
+        assert all(numbers), f"{docname}: toggles labelled otherwise: {labels['toggles']}"
+        assert [int(m.group(1)) for m in numbers] == list(range(1, labels["exercises"] + 1)), (docname, labels)
