@@ -9,6 +9,7 @@ decoder's cache, and ``decode_step`` writes one position at a time (chapter 6).
 All sizes live in one ``CaptionConfig`` (:mod:`minicap.config`), which is saved as JSON next to a trained
 model and is the model's whole Keras config, so ``keras.models.load_model(path, safe_mode=True)`` rebuilds it.
 """
+import json
 import os
 import zipfile
 
@@ -166,6 +167,67 @@ class CaptionModel(keras.Model):
         return cls(values, load_backbone_weights=False, **config)
 
 
+# Stored code runs when Keras rebuilds these from a file (a Python function, a TensorFlow SavedModel), whatever
+# safe_mode says in older Keras releases (Colab's 3.13 predates the fix of TFSMLayer, CVE-2026-1462).
+CODE_RUNNING_CLASSES = {"Lambda", "TFSMLayer", "__lambda__"}
+
+
+def check_model_file(path):
+    """Refuse a ``.keras`` file that Keras should not be asked to load, before Keras reads it.
+
+    The file must be a zip archive holding a ``config.json``, and every object its configuration names (each
+    ``class_name``) must be one of minicap's registered classes or a plain Keras object from Keras' own modules,
+    never one that runs stored code (``Lambda``, ``TFSMLayer``, a serialised lambda) nor one of an unknown
+    module. This holds on every Keras version, so a file from elsewhere is checked the same way on Colab's
+    older Keras as on the newest. Raises ValueError naming the file and the class.
+    """
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a Keras model file (.keras files are zip archives); "
+                         f"pass the model.keras that minicap train wrote")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path} could not be loaded as a minicap model: it has no readable config.json "
+                         f"({error})") from None
+    for entry in _serialized_objects(config):
+        refused = _refused(entry)
+        if refused:
+            raise ValueError(f"{path} is refused: it names {entry.get('class_name')!r} (module "
+                             f"{entry.get('module')!r}), {refused}; a minicap model holds minicap's layers and "
+                             f"plain Keras objects only. Load files you trust, such as the model.keras minicap "
+                             f"train wrote")
+
+
+def _serialized_objects(value):
+    """Every dict with a ``class_name`` in a Keras configuration, however deep."""
+    if isinstance(value, dict):
+        if "class_name" in value:
+            yield value
+        for item in value.values():
+            yield from _serialized_objects(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _serialized_objects(item)
+
+
+def _refused(entry):
+    """Why a serialised object is refused, or "" when it may be loaded."""
+    name, module = str(entry.get("class_name")), entry.get("module")
+    registered = entry.get("registered_name")
+    if name in CODE_RUNNING_CLASSES:
+        return "which runs code stored in the file"
+    if isinstance(registered, str) and registered.startswith("minicap>"):
+        if keras.saving.get_registered_object(registered) is None or not str(module).startswith("minicap."):
+            return "which is no class of this minicap"
+        return ""
+    if isinstance(module, str) and (module == "keras" or module.startswith("keras.")) \
+            and (registered in (None, name) or name == "function"):
+        return ""
+    return "which is neither one of minicap's classes nor a plain Keras object"
+
+
 def load_captioner(model_path, tokenizer_path=None):
     """Load a trained ``CaptionModel`` (``safe_mode=True``) and its tokenizer; check they belong together.
 
@@ -175,8 +237,9 @@ def load_captioner(model_path, tokenizer_path=None):
 
     Returns:
         ``(model, tokenizer)``. Raises ``FileNotFoundError`` or ``ValueError`` naming the file and
-        the problem: a missing file, a file that is not a minicap model, a tampered tokenizer, or a
-        tokenizer whose vocabulary does not match the model's.
+        the problem: a missing file, a file that is not a minicap model (or names a class that could
+        run code stored in it: :func:`check_model_file`, before Keras reads it), a tampered tokenizer,
+        or a tokenizer whose vocabulary does not match the model's.
     """
     model_path = os.fspath(model_path)
     tokenizer_path = os.fspath(tokenizer_path or os.path.join(os.path.dirname(model_path) or ".", "tokenizer.json"))
@@ -187,9 +250,7 @@ def load_captioner(model_path, tokenizer_path=None):
     # The model first, completely: a wrong model path is the likelier mistake, and its tokenizer
     # is only looked for next to it.
     check_exists(model_path, "model")
-    if not zipfile.is_zipfile(model_path):
-        raise ValueError(f"{model_path} is not a Keras model file (.keras files are zip archives); "
-                         f"pass the model.keras that minicap train wrote")
+    check_model_file(model_path)
     try:
         model = keras.models.load_model(model_path, safe_mode=True)
     except Exception as error:  # noqa: BLE001 (Keras raises many types for a bad archive)

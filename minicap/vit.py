@@ -27,7 +27,7 @@ from minicap.encoder import NORM_EPSILON, EncoderLayer
 from minicap.patches import Patches, check_image_shape
 from minicap.positional import PositionEmbedding
 from minicap.vit_keras import ViTBackbone
-from minicap.vit_weights import vit_architecture, weights_file
+from minicap.vit_weights import check_official_keys, read_weights_file, vit_architecture, weights_file
 
 # The implementations of the pretrained backbone: minicap's own layers, or vit-keras's model.
 VIT_IMPLEMENTATIONS = ("minicap", "vit-keras")
@@ -205,12 +205,8 @@ def load_official_weights(vit, path):
     """
     if not vit.built:
         vit.build((None, vit.image_size, vit.image_size, 3))
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    blocks = {key.split("/")[1] for key in arrays if key.startswith("Transformer/encoderblock_")}
-    if len(blocks) != len(vit.encoder_layers):
-        raise ValueError(f"{path} holds {len(blocks)} encoder blocks; this ViT has {len(vit.encoder_layers)} "
-                         f"(architecture {vit.architecture})")
+    arrays = read_weights_file(path)
+    check_official_keys(arrays, vit.architecture, path)
     values = []
     for key, shape, variable in official_layout(vit):
         if key not in arrays:

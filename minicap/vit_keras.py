@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from minicap.patches import check_image_shape
-from minicap.vit_weights import vit_architecture, weights_file
+from minicap.vit_weights import check_official_keys, read_weights_file, vit_architecture, weights_file
 
 VIT_INSTALL_HINT = (
     "The vit-keras implementation of the pretrained ViT (vit_implementation='vit-keras') needs the optional "
@@ -101,6 +101,9 @@ class ViTBackbone(keras.layers.Layer):
         _, utils = import_vit_keras()
         grid = self.image_size // self.architecture["patch_size"]
         path = weights_file(weights, self.variant, file_hash=file_hash)
+        # minicap reads the file first (never unpickling anything) and checks it, so that a damaged or wrong file
+        # gets minicap's one-line error, not vit-keras's traceback.
+        check_official_keys(read_weights_file(path), self.architecture, path)
         utils.load_weights_numpy(model=self.vit, params_path=path, pretrained_top=False,
                                  num_x_patches=grid, num_y_patches=grid)
 

@@ -23,7 +23,11 @@ damaged on disk is noticed and downloaded again.
 """
 import http.client
 import os
+import zipfile
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 from minicap.data.download import fetch, file_digest, parse_hash
 
@@ -136,3 +140,67 @@ def weights_file(weights, variant, file_hash=None, mirror=None, cache_dir=None, 
         [f"a local file: no verified {os.path.join(cache_dir, name)}; or pass backbone_weights='/path/to/{name}'"]
         + failures, start=1))
     raise FileNotFoundError(f"could not get the ViT weights {weights!r} ({name}) from any of:\n{tried}")
+
+
+def read_weights_file(path):
+    """The named arrays of an official ViT ``.npz`` file, read without ever unpickling anything.
+
+    A file that is not such an archive (empty, cut short, another kind of file, a single ``.npy`` array),
+    holds Python objects instead of plain arrays, or holds no arrays is a ValueError of one line that names the
+    file, what is wrong with it, and what to do. A damaged file in the weights cache (a download) is deleted, so
+    that the next run downloads it again; a file of yours is left as it is.
+    """
+    path = os.fspath(path)
+    problem = _weights_file_problem(path)
+    arrays = None
+    if problem is None:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except ValueError:  # numpy's own message would advise allow_pickle: never shown, never taken
+            problem = "it holds Python objects (pickled data), not plain arrays, and minicap never unpickles a file"
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as error:
+            problem = f"it is damaged ({type(error).__name__}: {error})"
+    if problem is None and not arrays:
+        problem = "it holds no arrays"
+    if problem is None:
+        return arrays
+    cached = Path(path).resolve().parent == Path(weights_cache_dir()).resolve()
+    if cached:
+        for damaged in (path, path + ".sha256"):
+            if os.path.exists(damaged):
+                os.remove(damaged)
+        advice = "it was deleted from the weights cache: the next run downloads it again"
+    else:
+        advice = "pass the official .npz file (see the README, 'The ViT weights') or delete it and name the weights"
+    raise ValueError(f"{path} is not usable ViT weights: {problem}; {advice}")
+
+
+def _weights_file_problem(path):
+    """What makes ``path`` no ``.npz`` archive at all, or None."""
+    if os.path.getsize(path) == 0:
+        return "it is empty (0 bytes)"
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as file:
+        start = file.read(6)
+    if start == b"\x93NUMPY":
+        return "it is a single NumPy array (.npy), not an .npz archive of named arrays"
+    return "it is not an .npz archive (a download cut short, or another kind of file)"
+
+
+def check_official_keys(arrays, architecture, path):
+    """Raise ValueError when ``arrays`` (from :func:`read_weights_file`) are not an official ViT file of
+    ``architecture``: the patch embedding, class token, position table and final norm, and one block per
+    layer, the patch embedding of the right shape."""
+    blocks = {key.split("/")[1] for key in arrays if key.startswith("Transformer/encoderblock_")}
+    if len(blocks) != architecture["num_layers"]:
+        raise ValueError(f"{path} holds {len(blocks)} encoder blocks; this ViT has {architecture['num_layers']} "
+                         f"(architecture {architecture})")
+    for key in ("embedding/kernel", "cls", "Transformer/posembed_input/pos_embedding", "Transformer/encoder_norm/scale"):
+        if key not in arrays:
+            raise ValueError(f"{path} has no array {key!r}: not an official ViT weights file")
+    patch, width = architecture["patch_size"], architecture["hidden_size"]
+    if arrays["embedding/kernel"].shape != (patch, patch, 3, width):
+        raise ValueError(f"{path}: array 'embedding/kernel' has shape {arrays['embedding/kernel'].shape}; this ViT "
+                         f"needs {(patch, patch, 3, width)} (architecture {architecture})")

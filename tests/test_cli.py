@@ -263,3 +263,39 @@ def test_the_installed_package_is_minicap_alone():
     assert "minicap" in packages and "minicap.data" in packages
     assert (root / "tools" / "bench.py").is_file() and (root / "tools" / "dev.py").is_file()
     assert [name for name in packages if name.split(".")[0] != "minicap"] == []
+
+
+@pytest.mark.parametrize("dataset", ["shapes", "folder"])
+def test_evaluate_decodes_with_the_options_asked_for(capsys, monkeypatch, tmp_path, run_dir, dataset):
+    # `minicap evaluate --beam 2` must search with 2 beams (the default would be 5), and the scoring functions must
+    # pass sampling's temperature, top-k and seed on: each option is seen where the decoder receives it.
+    from minicap.evaluate import evaluate_caption_set, evaluate_shapes
+    from minicap.generate import Generator
+    from photo_stand_ins import write_caption_folder
+
+    received = []
+    for method in ("beam_search", "sample"):
+        original = getattr(Generator, method)
+
+        def spy(self, images, *args, _original=original, _method=method, **kwargs):
+            received.append((_method, args, kwargs))
+            return _original(self, images, *args, **kwargs)
+
+        monkeypatch.setattr(Generator, method, spy)
+    where = "shapes" if dataset == "shapes" else str(write_caption_folder(tmp_path / "photos", count=10))
+    status, out, _ = minicap(capsys, "evaluate", "--model", run_dir / "model.keras", "--dataset", where, "--num", 4,
+                             "--beam", 2, "--json")
+    assert status == 0 and json.loads(out)["images"] >= 1
+    assert received and all(method == "beam_search" and kwargs.get("beam_width", args[:1] and args[0]) == 2
+                            for method, args, kwargs in received)
+    received.clear()
+    model, tokenizer = load_captioner(run_dir / "model.keras")
+    options = dict(method="sample", temperature=0.25, top_k=3, seed=7)
+    if dataset == "shapes":
+        evaluate_shapes(model, tokenizer, make_shapes(4, image_size=32, seed=3), **options)
+    else:
+        from minicap.data.folder import load_caption_folder
+
+        evaluate_caption_set(model, tokenizer, load_caption_folder(where, "val", image_size=32), **options)
+    assert received and all(method == "sample" and {k: kwargs.get(k) for k in ("temperature", "top_k", "seed")}
+                            == {"temperature": 0.25, "top_k": 3, "seed": 7} for method, args, kwargs in received)

@@ -306,3 +306,29 @@ def test_a_config_without_vocabulary_size_builds_no_model():
     config = _config(vocab_size=None)  # a training profile's model settings, before the tokenizer exists
     with pytest.raises(ValueError, match="vocab_size is None"):
         CaptionModel(config)
+
+
+@pytest.mark.parametrize("implementation", ["minicap", "vit-keras"])
+def test_a_pinned_digest_of_the_vit_weights_is_checked_when_the_model_loads_them(tmp_path, monkeypatch,
+                                                                                implementation):
+    # backbone_weights_hash is the user's only protection of a weights file from elsewhere: the model must hand it
+    # to the loader, whichever ViT runs it. (A ViT of the official architecture, small, stands in for ViT-B/32.)
+    import hashlib
+
+    from minicap.vit_weights import VIT_VARIANTS
+    from photo_stand_ins import write_vit_weights
+
+    if implementation == "vit-keras":
+        require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    small = dict(patch_size=8, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
+    monkeypatch.setitem(VIT_VARIANTS, "vit-b32", small)
+    arrays = write_vit_weights(tmp_path / "vit.npz", grid=4, scale=0.3, **small)
+    digest = "sha256:" + hashlib.sha256((tmp_path / "vit.npz").read_bytes()).hexdigest()
+    settings = dict(backbone="vit-b32", backbone_weights=str(tmp_path / "vit.npz"), vit_implementation=implementation)
+    with pytest.raises(ValueError, match=r"checksum mismatch for .*vit.npz: expected sha256 0{64}"):
+        CaptionModel(_config(**settings, backbone_weights_hash="sha256:" + "0" * 64))
+    model = CaptionModel(_config(**settings, backbone_weights_hash=digest))
+    tokens = ops.convert_to_numpy(model.backbone_features(np.zeros((1, 32, 32, 3), "float32")))
+    assert tokens.shape == (1, 16, 16)
+    cls = [w for w in model.encoder.weights if tuple(w.shape) == (1, 1, 16)]
+    np.testing.assert_allclose(ops.convert_to_numpy(cls[0]), arrays["cls"], rtol=1e-6)  # the file's weights

@@ -8,6 +8,7 @@ command line's handling of them.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -82,6 +83,57 @@ def test_a_file_that_is_not_a_model(tmp_path, run_dir):
     keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(tmp_path / "dense.keras")
     with pytest.raises(ValueError, match="holds a Sequential, not a minicap CaptionModel"):
         load_captioner(tmp_path / "dense.keras", run_dir / "tokenizer.json")
+
+
+def _crafted(run_dir, path, entry):
+    """A copy of the trained model.keras whose configuration also names ``entry`` (a serialised Keras object),
+    deep inside the model's own settings, where Keras would deserialise it."""
+    with zipfile.ZipFile(run_dir / "model.keras") as source, zipfile.ZipFile(path, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config["config"]["config"]["extra"] = {"layers": [entry]}
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    return path
+
+
+CODE_RUNNING = {
+    "Lambda": {"module": "keras.layers", "class_name": "Lambda", "registered_name": "Lambda",
+               "config": {"name": "lambda", "function": {"class_name": "__lambda__",
+                                                          "config": {"code": "4wEAAAAAAAAA", "defaults": None}}}},
+    "TFSMLayer": {"module": "keras.layers", "class_name": "TFSMLayer", "registered_name": "TFSMLayer",
+                  "config": {"filepath": "/tmp/a-saved-model", "call_endpoint": "serve", "name": "tfsm"}},
+    "function": {"module": "os", "class_name": "function", "config": "system", "registered_name": "system"},
+    "Evil": {"module": "evil.layers", "class_name": "Evil", "registered_name": "evil>Evil", "config": {}},
+}
+
+
+@pytest.mark.parametrize("name", CODE_RUNNING)
+def test_a_model_file_naming_code_or_unknown_classes_is_refused_before_keras_reads_it(tmp_path, run_dir, monkeypatch,
+                                                                                     name):
+    crafted = _crafted(run_dir, tmp_path / "model.keras", CODE_RUNNING[name])
+    shutil.copy(run_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+
+    def never(*args, **kwargs):
+        raise AssertionError("Keras was asked to load a refused file")
+
+    monkeypatch.setattr(keras.models, "load_model", never)
+    with pytest.raises(ValueError, match=rf"model.keras is refused: it names '{name}'"):
+        load_captioner(crafted)
+    from minicap import cli
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    assert cli.main(["caption", str(tmp_path / "photo.png"), "--model", str(crafted)]) == 2
+
+
+def test_a_model_that_keras_itself_wrote_with_a_lambda_is_refused(tmp_path, run_dir):
+    # Not hand-made: Keras serialises the Lambda's Python code into the file, and would run it when loading.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2.0)])
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="lambda.keras is refused: it names 'Lambda'.*runs code stored in the file"):
+        load_captioner(tmp_path / "lambda.keras", run_dir / "tokenizer.json")
 
 
 def test_model_and_tokenizer_that_do_not_match(tmp_path, run_dir):

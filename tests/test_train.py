@@ -14,6 +14,7 @@ import pytest
 
 from minicap.config import profile, PROFILES, TrainConfig
 from minicap.data.datasets import load_split
+from minicap.model import CaptionModel
 from minicap.train import feature_cache_dir, load_run, make_batches, run_config, train, train_or_load
 
 # Eagerly: these tests check the trainer's logic, and for a model this small a step run op by op is faster than
@@ -365,3 +366,58 @@ def test_train_or_load_resumes_an_interrupted_run(tmp_path):
     resumed = train_or_load(tiny(), tmp_path / "run", verbose=0)
     assert not resumed.loaded and resumed.resumed_from_step == 2  # the checkpoint of step 2
     assert resumed.history["step"] == list(range(1, resumed.history["step"][-1] + 1))
+
+
+def test_train_fits_shuffled_batches_with_word_dropout_and_validates_on_whole_ones(tmp_path, monkeypatch):
+    # What `train` feeds `fit`, batch by batch, seen from the data set's side: the training batches change order
+    # from one epoch to the next and lose words to [UNK] at the rate asked for; the validation batches do neither.
+    import minicap.train
+    from minicap.data.pipeline import CaptionBatches
+
+    served = collections.defaultdict(list)  # data set -> [(epoch, index, input tokens)]
+
+    class Recorded(CaptionBatches):
+        def __getitem__(self, index):
+            batch = super().__getitem__(index)
+            served[id(self)].append((self.epoch, index, np.asarray(batch[0][1]), np.asarray(batch[1])))
+            return batch
+
+    monkeypatch.setattr(minicap.train, "CaptionBatches", Recorded)
+    result = train(tiny(word_dropout=0.5, epochs=2), tmp_path / "run", verbose=0)
+    unk = result.tokenizer.unk_id
+    training, validation = sorted(served.values(), key=len, reverse=True)[:2]  # 6 training batches an epoch, 1
+    words = lambda inputs, targets: (targets[:, :-1] > 3) & (inputs[:, 1:] != result.tokenizer.pad_id)  # noqa: E731
+    dropped = [((i[:, 1:] == unk) & words(i, t)).sum() / words(i, t).sum() for _, _, i, t in training]
+    assert 0.35 < np.mean(dropped) < 0.65  # about half of the words, as asked
+    assert all((i[:, 1:][words(i, t)] != unk).all() for _, _, i, t in validation)  # whole
+    first = {index: targets for epoch, index, _, targets in training if epoch == 0}
+    second = {index: targets for epoch, index, _, targets in training if epoch == 1}
+    assert first.keys() == second.keys() and len(first) == 12  # 48 scenes, 4 captions each, batches of 16
+    assert any(not np.array_equal(first[i], second[i]) for i in first)  # the second epoch, in another order
+
+
+def test_a_resumed_fine_tuning_run_keeps_the_backbone_it_trained(tmp_path, monkeypatch):
+    # freeze_backbone=False: the pretrained ViT trains, so a checkpoint must hold it; a resumed run must continue
+    # from its trained weights, not from the pretrained file. (A ViT of the official architecture, small, stands in
+    # for ViT-B/32 under its name.)
+    from minicap.vit_weights import VIT_VARIANTS
+    from photo_stand_ins import write_caption_folder, write_vit_weights
+
+    small = dict(patch_size=8, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
+    monkeypatch.setitem(VIT_VARIANTS, "vit-b32", small)
+    write_vit_weights(tmp_path / "vit.npz", grid=4, scale=0.3, **small)
+    folder = write_caption_folder(tmp_path / "photos", count=10)
+    settings = dict(dataset=str(folder), image_size=32, backbone_weights=str(tmp_path / "vit.npz"), freeze_backbone=False,
+                    epochs=2, batch_size=8, checkpoint_every=2, dropout=0.0, mixed_precision=False, min_word_count=1,
+                    max_length=12, model_dim=16, num_heads=2, decoder_layers=1, mlp_dim=32, warmup_steps=5,
+                    run_eagerly=True, data_dir=str(tmp_path / "data"))
+    config = profile("photos", **settings)
+    whole = train(config, tmp_path / "whole", verbose=0)
+    with pytest.raises(Crash):
+        train(config, tmp_path / "run", verbose=0, callbacks=[CrashAt(5)])
+    resumed = train(config, tmp_path / "run", verbose=0)
+    assert resumed.resumed_from_step == 4
+    trained, pretrained = whole.model.encoder.get_weights(), CaptionModel(resumed.model.config).encoder.get_weights()
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(trained, pretrained))  # the backbone did train
+    for ours, expected in zip(resumed.model.encoder.get_weights(), trained):
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)

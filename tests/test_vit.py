@@ -198,3 +198,58 @@ def test_factory_rejects_unknown_implementations():
         pretrained_vit(224, "vit-h14")
     with pytest.raises(ValueError, match="variant=None needs patch_size"):
         PretrainedViT(32, variant=None)
+
+
+def _damaged(kind, path, good):
+    """A weights file at ``path`` that is wrong in one way (``good``: an official small file to start from)."""
+    data = good.read_bytes()
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "not a zip":
+        path.write_text("<html>404: not found</html>")
+    elif kind == "one array (.npy)":
+        with open(path, "wb") as file:
+            np.save(file, np.zeros(3))
+    elif kind == "pickled objects":
+        np.savez(path, **{"embedding/kernel": np.array([{"code": "runs when unpickled"}], dtype=object)})
+    elif kind == "other arrays":
+        np.savez(path, weights=np.zeros((3, 3)))
+    return path
+
+
+DAMAGED = {"empty": "it is empty", "truncated": "not an .npz archive", "not a zip": "not an .npz archive",
+           "one array (.npy)": "single NumPy array", "pickled objects": "holds Python objects",
+           "other arrays": "encoder blocks"}
+
+
+@pytest.mark.parametrize("kind", DAMAGED)
+@pytest.mark.parametrize("implementation", ["minicap", "vit-keras"])
+def test_every_damaged_weights_file_gets_one_clear_line(tmp_path, kind, implementation):
+    if implementation == "vit-keras":
+        require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")
+    small_file(tmp_path / "good.npz")
+    path = _damaged(kind, tmp_path / f"{kind}.npz", tmp_path / "good.npz")
+    vit = pretrained_vit(32, variant=None, implementation=implementation, **SMALL)
+    with pytest.raises(ValueError) as raised:
+        vit.load_weights_from(str(path))
+    message = str(raised.value)
+    assert "\n" not in message and str(path) in message and DAMAGED[kind] in message
+    assert "allow_pickle" not in message and "pickle.load" not in message  # numpy's advice never reaches a user
+    assert path.exists()  # a file of the user's is left alone
+
+
+def test_a_damaged_download_in_the_cache_is_deleted_so_the_next_run_downloads_it(tmp_path, monkeypatch):
+    from minicap.model import CaptionModel
+    from minicap.config import CaptionConfig
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    cached = tmp_path / "weights" / "ViT-B_32_imagenet21k+imagenet2012.npz"
+    cached.parent.mkdir()
+    cached.write_bytes(b"")  # a download that stopped at its first byte
+    config = CaptionConfig(vocab_size=10, backbone="vit-b32", image_size=64, model_dim=32, num_heads=2, mlp_dim=32)
+    with pytest.raises(ValueError, match=r"ViT-B_32_imagenet21k\+imagenet2012.npz is not usable ViT weights: it is "
+                                         r"empty .*deleted from the weights cache: the next run downloads it again"):
+        CaptionModel(config)
+    assert not cached.exists()

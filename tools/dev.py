@@ -145,6 +145,18 @@ def test(pytest_args=()):
         sys.exit(1)
 
 
+def quick_test(pytest_args=()):
+    """The inner loop: the package's tests on TensorFlow, leaving out the notebooks, the browser and the tests marked
+    slow, stopping at the first failure; both cores share the tests (pytest-xdist). What it leaves out, the whole
+    suite (``test``) runs."""
+    python = setup()
+    environment = {"KERAS_BACKEND": "tensorflow", **compile_cache_environment()}
+    start = time.perf_counter()
+    run(python, "-m", "pytest", "tests", "-m", "not notebook and not browser and not slow", "-x", "-q",
+        "-p", "no:cacheprovider", "-n", str(min(os.cpu_count() or 1, 2)), *pytest_args, env=environment)
+    print(f"quick tests passed in {time.perf_counter() - start:.0f} s (the whole suite: python3 tools/dev.py test)")
+
+
 def executed_notebooks(root=ROOT):
     """The notebooks of ``_toc.yml`` that the book executes, relative to ``root``: all but those whose metadata
     turns execution off (``"mystnb": {"execution_mode": "off"}``, e.g. the photos notebook, which needs downloads
@@ -348,6 +360,9 @@ def main(argv=None):
     commands.add_parser("setup", help="create .venv and install minicap with its extras")
     commands.add_parser("book", help="build the rendered book into _build/html")
     tests = commands.add_parser("test", help="run the whole test suite")
+    tests.add_argument("--quick", action="store_true",
+                       help="the inner loop: the package's tests on TensorFlow only, no notebooks, no slow tests, "
+                            "stopping at the first failure (a few minutes)")
     tests.add_argument("pytest_args", nargs="*", help="passed on to every pytest run (e.g. --durations=50 or -x)")
     commands.add_parser("browser", help="check the built book in headless Chromium")
     commands.add_parser("browser-deps", help="install what the browser checks need (Debian's chromium)")
@@ -360,6 +375,8 @@ def main(argv=None):
         setup()
     elif args.command == "book":
         book()
+    elif args.command == "test" and args.quick:
+        quick_test(args.pytest_args)
     elif args.command == "test":
         test(args.pytest_args)
     elif args.command == "browser-deps":
