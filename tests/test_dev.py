@@ -16,7 +16,7 @@ from conftest import require
 pytestmark = pytest.mark.single_backend
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = {"_config.yml", "_toc.yml", "book/references.bib", "book/_ext/minicap_sphinx.py",
+ASSETS = {"_config.yml", "_toc.yml", "book/references.bib", "book/_ext/minicap_sphinx.py", "book/_ext/static/minicap.css",
           "book/images/architecture.svg"}
 
 
