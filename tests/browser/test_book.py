@@ -34,7 +34,7 @@ BADGE_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="117" height="20">'
 
 PAGE_FACTS = """() => {
   const article = document.querySelector('.bd-article') || document.body;
-  const nonEmpty = (el) => el.innerText.trim().length > 0 ||
+  const nonEmpty = (el) => el.textContent.trim().length > 0 ||  // textContent: a closed solution's output too
       el.querySelector('img, svg, table, canvas, iframe, video') !== null;
   return {
     title: document.title,
