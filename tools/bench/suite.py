@@ -127,9 +127,8 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         if skip_feature_cache is None:
             skip_feature_cache = quick and device["kind"] == "cpu"
         if skip_feature_cache:
-            skipped.append({"figure": "feature_cache", "config": "photos",
-                            "reason": "skipped: two ViT-B/32 models (88M parameters) to build and compile "
-                                      "(run python -m tools.bench without --quick, or on a GPU)"})
+            skipped.append(_skipped("feature_cache", "photos",
+                                    "two ViT-B/32 models (88M parameters) to build and compile"))
         else:
             sizes = dict(batch_size=2, steps=1, image_steps=1, repeats=1) if quick else dict(steps=10, image_steps=1,
                                                                                               repeats=3)
@@ -146,9 +145,7 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         if skip_vit is None:
             skip_vit = quick and device["kind"] == "cpu"
         if skip_vit:
-            skipped.append({"figure": "training", "config": "vit-b32",
-                            "reason": "skipped: 113M parameters take seconds per step on a CPU "
-                                      "(run python -m tools.bench without --quick, or on a GPU)"})
+            skipped.append(_skipped("training", "vit-b32", "113M parameters take seconds per step on a CPU"))
         else:
             vit = vit_b32_config()
             vit_sizes = vit_batch_sizes or VIT_B32_BATCH_SIZES["gpu" if device["kind"] == "gpu" else "cpu"]
@@ -201,6 +198,12 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
 # ---------------------------------------------------------------------------------------------
 # The command line: python -m tools.bench
 # ---------------------------------------------------------------------------------------------
+
+def _skipped(figure, config, why):
+    """The record of a figure left out, and why (what a full run on a GPU would measure)."""
+    return {"figure": figure, "config": config,
+            "reason": f"skipped: {why} (run python -m tools.bench without --quick, or on a GPU)"}
+
 
 def _batch_sizes(text):
     """``(8, 16)`` of ``"8,16"``; None for None."""
