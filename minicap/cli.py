@@ -1,32 +1,18 @@
-"""The ``minicap`` command line: ``minicap train | caption | evaluate | kernel | bench``.
+"""The ``minicap`` command line: ``minicap train | caption | evaluate | kernel``.
 
-Each subcommand is a thin layer over a function of the package (``bench``: over the repository's
-tools/bench.py, which a clone has and an installed minicap has not), imported only when the command
-runs, so ``minicap --help`` answers at once. Errors a user can fix end with a one-line message and
-exit status 2, not a traceback.
+Each subcommand is a thin layer over a function of the package, imported only when the command runs, so
+``minicap --help`` answers at once. Errors a user can fix end with a one-line message and exit status 2, not a
+traceback. (The benchmarks are the repository's, not the package's: ``python -m tools.bench`` in a clone.)
 """
 import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
     """A problem with the command's input, reported as one line."""
-
-
-def parse_overrides(items):
-    """``{name: value}`` of ``--set NAME=VALUE`` items: numbers and true/false as JSON, anything else a string."""
-    overrides = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        if not value:
-            raise UserError(f"--set expects NAME=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)  # numbers, true/false
-        except json.JSONDecodeError:
-            overrides[key] = value  # plain words, e.g. --set backbone=vit-b32
-    return overrides
 
 
 def _check_beam(width):
@@ -42,7 +28,7 @@ def _decoding(beam_width):
 
 def _train(args):
     import minicap.train  # looked up at each call, so that a test can replace minicap.train.train
-    from minicap.config import profile
+    from minicap.config import parse_overrides, profile
 
     overrides = parse_overrides(args.set)
     if args.epochs is not None:
@@ -79,8 +65,7 @@ def _caption(args):
     if not loaded:
         raise UserError("no image could be read")
     images = np.stack([image for _, image in loaded]).astype("float32") / 255.0
-    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
-    tokens = generator.decode(images, **_decoding(args.beam))
+    tokens = Generator.from_tokenizer(model, tokenizer).decode(images, **_decoding(args.beam))
     captions = tokenizer.decode_batch(tokens)
     for (path, _), caption in zip(loaded, captions):
         print(f"{path}\t{caption}")
@@ -91,8 +76,6 @@ def _caption(args):
 
 def _save_attention(target, model, images, tokens, captions, paths):
     """One figure per image: each word's cross-attention over the image."""
-    from pathlib import Path
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +85,7 @@ def _save_attention(target, model, images, tokens, captions, paths):
     from minicap.plot import show_word_attention
 
     target = Path(target)
-    grid = model.config.image_size // model.config.encoder_patch_size
+    grid = model.config.encoder_spec().grid
     weights = cross_attention(model, images, tokens[:, :-1])
     for index, (caption, path) in enumerate(zip(captions, paths)):
         words = caption.split() or ["(empty)"]
@@ -125,8 +108,6 @@ def _dataset(value):
 
 def _run_settings(model_path):
     """The training settings saved next to a model (train_config.json), or {} when there are none."""
-    from pathlib import Path
-
     saved = Path(model_path).with_name("train_config.json")
     return json.loads(saved.read_text()) if saved.exists() else {}
 
@@ -178,37 +159,6 @@ def _kernel(args):
 
     path = kernel.install(name=args.name, user=args.user)
     print(f"installed kernel {args.name!r} in {path}")
-
-
-BENCH_MISSING = ("minicap bench runs from a clone of the repository (tools/bench.py); pip-installed minicap has "
-                 "no benchmarks")
-
-
-def tools_folder():
-    """The repository's ``tools/`` folder beside this minicap package, or None where there is none (an installed
-    minicap: the wheel holds the package only)."""
-    from pathlib import Path
-
-    import minicap
-
-    folder = Path(minicap.__file__).resolve().parent.parent / "tools"
-    return folder if (folder / "bench.py").is_file() else None
-
-
-def _bench(arguments):
-    """``minicap bench ARGS``: tools/bench.py's command line, handed ``ARGS`` as they are."""
-    from pathlib import Path
-
-    folder = tools_folder()
-    if folder is None:
-        raise UserError(BENCH_MISSING)
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))  # tools/bench.py imports its sibling modules by name
-    import bench
-
-    if Path(bench.__file__).resolve() != folder / "bench.py":
-        raise UserError(f"another module named 'bench' ({bench.__file__}) was imported before {folder / 'bench.py'}")
-    return bench.main(arguments, prog="minicap bench")
 
 
 def build_parser():
@@ -267,23 +217,12 @@ def build_parser():
     where.add_argument("--sys-prefix", action="store_true", help="install into this environment (default)")
     install.set_defaults(handler=_kernel)
 
-    # Its options are tools/bench.py's (main() hands it everything after "bench"); listed here for --help.
-    commands.add_parser(
-        "bench", add_help=False,
-        help="time training (XLA on/off per backend, input pipeline, feature cache, time to 95%% faithfulness, vs "
-             "stock Keras, MFU) and decoding; write JSON (in a clone of the repository: tools/bench.py)")
     return parser
 
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # tools/bench.py parses the rest, --help included
-        try:
-            return _bench(argv[1:])
-        except UserError as error:
-            print(f"minicap bench: error: {error}", file=sys.stderr)
-            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

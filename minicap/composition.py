@@ -54,6 +54,14 @@ class ColourShapePatchEncoder(keras.layers.Layer):
         ``(batch, num_patches, projection_dim)`` with ``num_patches = (image_size / P)²``.
     """
 
+    # As a patch stem of ``VisionEncoder`` (``patch_stem="colour-shape"``): it reads the whole image, in [0, 1].
+    reads_patches, centred = False, False
+
+    @classmethod
+    def from_settings(cls, image_size, patch_size, model_dim, hidden_dim=0, **kwargs):
+        """The stem for ``image_size`` images in ``patch_size`` patches, with a hidden layer of ``hidden_dim``."""
+        return cls(image_size, patch_size, model_dim, hidden_dim=hidden_dim, **kwargs)
+
     def __init__(self, image_size, patch_size, projection_dim, threshold=0.15, sharpness=60.0, hidden_dim=0,
                  **kwargs):
         super().__init__(**kwargs)

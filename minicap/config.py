@@ -1,24 +1,102 @@
-"""Every setting of a model and of a training run, in one place: ``CaptionConfig``, ``TrainConfig`` and
-the named profiles.
+"""Every setting of a model and of a training run, in one place: ``CaptionConfig``, ``TrainConfig``, the named
+profiles, and the names the settings take (the patch stems, the pretrained ViTs, the data sets).
 
 A ``CaptionConfig`` holds every size of a ``CaptionModel`` (it is saved as ``config.json`` and is the
-model's whole Keras config). A ``TrainConfig`` holds a nested ``CaptionConfig`` and the training's
-settings (data set, batches, schedule, seed); it is saved as ``train_config.json``. ``PROFILES`` are the
-named starting points: ``quick`` (a small ViT from scratch on the built-in shapes scenes, on a CPU in
-minutes), ``photos`` (the article's model: a pretrained ViT-B/32, frozen, and a Transformer decoder trained on
-Flickr8k on a GPU), ``gpu`` (a larger shapes model) and ``composition`` (the appendix's study).
-``profile(name, **overrides)`` returns one with settings changed by name.
+model's whole Keras config); :meth:`CaptionConfig.encoder` resolves its encoder's settings, once, into an
+:class:`EncoderSpec`. A ``TrainConfig`` holds a nested ``CaptionConfig`` and the training's settings (data
+set, batches, schedule, seed); it is saved as ``train_config.json``. ``PROFILES`` are the named starting
+points: ``quick`` (a small ViT from scratch on the built-in shapes scenes, on a CPU in minutes), ``photos``
+(the article's model: a pretrained ViT-B/32, frozen, and a Transformer decoder trained on Flickr8k on a
+GPU), ``gpu`` (a larger shapes model) and ``composition`` (the appendix's study). ``profile(name,
+**overrides)`` returns one with settings changed by name; ``parse_overrides`` reads them from the command line.
+
+This module imports nothing of minicap and no Keras: the layers read its tables, not the other way round.
 """
 import dataclasses
 import json
 
-from minicap.data.download import parse_hash
-from minicap.encoder import PATCH_STEMS
-from minicap.vit import VIT_IMPLEMENTATIONS
-from minicap.vit_weights import VIT_VARIANTS, VIT_WEIGHTS
-
+# How the scratch encoder turns an image into patch vectors: the stem's name, the module and the layer class that
+# implement it (``minicap.encoder.make_patch_stem`` imports the module; the colour-shape stem is the appendix's).
+PATCH_STEMS = {
+    "linear": ("minicap.patches", "PatchEncoder"),  # ViT: a Dense projection of the pixels (chapter 1)
+    "colour-shape": ("minicap.composition", "ColourShapePatchEncoder"),  # the composition appendix's prior
+    "conv": ("minicap.patches", "ConvPatchEncoder"),  # a small convolutional stem (chapter 1)
+}
+# The pretrained ViT-B variants (ViT-Base: 12 layers of width 768), and the official weights they come with.
+VIT_VARIANTS = {
+    "vit-b16": dict(patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    "vit-b32": dict(patch_size=32, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+}
+VIT_WEIGHTS = ("imagenet21k+imagenet2012", "imagenet21k")  # ImageNet-21k, then fine-tuned on ImageNet-2012 or not
+# Which code runs a pretrained ViT: minicap's own layers (minicap.vit) or the article's library (minicap.vit_keras).
+VIT_IMPLEMENTATIONS = ("minicap", "vit-keras")
 BACKBONES = ("scratch",) + tuple(VIT_VARIANTS)
-BUILT_IN_DATASETS = ("shapes", "flickr8k", "coco")
+# The built-in data sets: drawn on the spot (shapes) or downloaded on demand (the others); any other
+# ``dataset`` is the path of a folder (or CSV file) of the reader's own captioned images.
+DOWNLOADED_DATASETS = ("flickr8k", "coco")
+DATASETS = ("shapes",) + DOWNLOADED_DATASETS
+
+
+def parse_hash(file_hash):
+    """``(algorithm, hex digest)`` from ``"sha256:..."``, ``"md5:..."`` or a bare hex digest; None for None."""
+    if file_hash is None:
+        return None
+    algorithm, _, digest = str(file_hash).rpartition(":")
+    algorithm = algorithm or {32: "md5", 64: "sha256"}.get(len(digest), "")
+    if algorithm not in ("md5", "sha256") or not all(c in "0123456789abcdefABCDEF" for c in digest):
+        raise ValueError(
+            f"file_hash must be 'sha256:<64 hex digits>' or 'md5:<32 hex digits>' (or the bare digest), got {file_hash!r}"
+        )
+    return algorithm, digest.lower()
+
+
+def parse_overrides(items):
+    """``{name: value}`` of ``NAME=VALUE`` settings (``--set`` on the command line): numbers, true/false and JSON as
+    JSON, anything else a string. A ValueError names an item without ``=``."""
+    overrides = {}
+    for item in items or []:
+        key, _, value = str(item).partition("=")
+        if not key or not value:
+            raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)  # numbers, true/false, {"a": 1}
+        except json.JSONDecodeError:
+            overrides[key] = value  # plain words, e.g. --set backbone=vit-b32
+    return overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """What the encoder of a ``CaptionConfig`` is, resolved once (:meth:`CaptionConfig.encoder`): every size
+    with its default applied, so that the model, the command line, the explorer and the benchmarks read one
+    answer. The layers themselves take plain arguments (the chapters build them by hand)."""
+
+    kind: str  # "scratch" (minicap.encoder.VisionEncoder) or "pretrained" (a ViT-B, minicap.vit)
+    image_size: int  # side of the square input images, in pixels
+    patch_size: int  # side of a patch, in pixels (a pretrained ViT's own)
+    width: int  # width of the encoder's patch vectors (768 for a ViT-B; the scratch encoder's encoder_dim)
+    num_heads: int  # attention heads of the encoder's layers
+    mlp_dim: int  # hidden width of the encoder's feed-forward blocks
+    num_layers: int  # encoder layers
+    stem: str  # how patches are embedded: a key of PATCH_STEMS ("linear" for a pretrained ViT)
+    stem_hidden_dim: int  # the conv or colour-shape stem's inner width (0: its default)
+    output_positions: bool  # the 2-D encoding added again at the output (scratch encoder only)
+    variant: str | None  # the pretrained ViT variant ("vit-b32"), None for the scratch encoder
+    implementation: str | None  # "minicap" or "vit-keras" for a pretrained ViT, else None
+    weights: str | None  # the pretrained weights to load (a name of VIT_WEIGHTS or a .npz path), else None
+    weights_hash: str | None  # the digest the weights file must have, if any
+    freeze: bool  # a pretrained ViT's weights stay fixed (its features can be cached)
+    dropout: float  # the scratch encoder's dropout (a pretrained ViT runs without)
+
+    @property
+    def grid(self):
+        """Patches per side: ``image_size // patch_size``."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self):
+        """How many patch vectors the encoder returns, ``grid²``."""
+        return self.grid ** 2
 
 
 def _from_dict(cls, values, what):
@@ -28,6 +106,12 @@ def _from_dict(cls, values, what):
     if unknown:
         raise ValueError(f"unknown {what} {unknown}; known: {sorted(known)}")
     return cls(**values)
+
+
+# The settings only one kind of encoder reads (see CaptionConfig.encoder_spec).
+SCRATCH_ONLY = ("patch_size", "encoder_layers", "encoder_dim", "encoder_heads", "encoder_mlp_dim", "patch_stem",
+                "output_positions", "stem_hidden_dim")
+PRETRAINED_ONLY = ("backbone_weights", "backbone_weights_hash", "vit_implementation", "freeze_backbone")
 
 
 @dataclasses.dataclass
@@ -51,7 +135,7 @@ class CaptionConfig:
     pad_id: int = 0  # the padding token id, hidden from self-attention and from the loss
     # pretrained ViT weights loaded when a model is created (not when loaded from a file): a name in
     # VIT_WEIGHTS (the official files: a local copy, $MINICAP_VIT_MIRROR or GitHub, see
-    # minicap.vit_weights), a local .npz path, or None for random weights; always None for the scratch encoder
+    # minicap.vit_weights), a local .npz path, or None for random weights; the scratch encoder ignores it
     backbone_weights: str | None = "imagenet21k+imagenet2012"
     # the digest the weights file must have, "sha256:..." (none is published for the official files; without
     # one, the first download's SHA-256 is recorded and checked at every later use)
@@ -77,8 +161,6 @@ class CaptionConfig:
     stem_hidden_dim: int = 0
 
     def __post_init__(self):
-        if self.backbone == "scratch":
-            self.backbone_weights = None  # nothing to load: the scratch encoder starts from random weights
         names = ("vocab_size", "max_length", "image_size", "patch_size", "model_dim", "num_heads", "decoder_layers",
                  "mlp_dim")
         for name in names[self.vocab_size is None:]:
@@ -94,30 +176,18 @@ class CaptionConfig:
         if self.model_dim % self.num_heads:
             raise ValueError(f"CaptionConfig.model_dim {self.model_dim} is not divisible by num_heads "
                              f"{self.num_heads}")
-        encoder_dim, encoder_heads = self.encoder_dim or self.model_dim, self.encoder_heads or self.num_heads
-        if encoder_dim % encoder_heads:
-            raise ValueError(f"CaptionConfig.encoder_dim {encoder_dim} is not divisible by encoder_heads {encoder_heads} "
-                             f"(None: model_dim and num_heads)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"CaptionConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.patch_stem not in PATCH_STEMS:
             raise ValueError(f"CaptionConfig.patch_stem must be one of {list(PATCH_STEMS)}, got {self.patch_stem!r}")
         if not isinstance(self.stem_hidden_dim, int) or self.stem_hidden_dim < 0:
             raise ValueError(f"CaptionConfig.stem_hidden_dim must be an int >= 0, got {self.stem_hidden_dim!r}")
-        if self.output_positions and encoder_dim % 4:
-            raise ValueError(f"CaptionConfig.output_positions needs an encoder width divisible by 4, got {encoder_dim}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"CaptionConfig.backbone {self.backbone!r} is not one of {list(BACKBONES)}")
         if self.backbone != "scratch" and (self.patch_stem != "linear" or self.output_positions):
             raise ValueError(f"CaptionConfig.patch_stem {self.patch_stem!r} and output_positions "
                              f"{self.output_positions} need the scratch encoder; the {self.backbone} backbone "
                              f"has its own linear patch embedding and positions")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"CaptionConfig.backbone {self.backbone!r} is not one of {list(BACKBONES)}")
-        if self.image_size % self.encoder_patch_size:
-            raise ValueError(f"CaptionConfig.image_size {self.image_size} is not divisible by the "
-                             f"{self.backbone} encoder's patch size {self.encoder_patch_size}")
-        if self.vocab_size is not None and not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"CaptionConfig.pad_id {self.pad_id} is not a token id below vocab_size "
-                             f"{self.vocab_size}")
         weights = self.backbone_weights
         if weights is not None and weights not in VIT_WEIGHTS and not str(weights).endswith(".npz"):
             raise ValueError(f"CaptionConfig.backbone_weights must be one of {list(VIT_WEIGHTS)}, the path "
@@ -129,11 +199,51 @@ class CaptionConfig:
         if self.vit_implementation not in VIT_IMPLEMENTATIONS:
             raise ValueError(f"CaptionConfig.vit_implementation {self.vit_implementation!r} is not one of "
                              f"{list(VIT_IMPLEMENTATIONS)}")
+        spec = self.encoder_spec()
+        if spec.width % spec.num_heads:
+            raise ValueError(f"CaptionConfig.encoder_dim {spec.width} is not divisible by encoder_heads "
+                             f"{spec.num_heads} (None: model_dim and num_heads)")
+        if spec.output_positions and spec.width % 4:
+            raise ValueError(f"CaptionConfig.output_positions needs an encoder width divisible by 4, got {spec.width}")
+        if self.image_size % spec.patch_size:
+            raise ValueError(f"CaptionConfig.image_size {self.image_size} is not divisible by the "
+                             f"{self.backbone} encoder's patch size {spec.patch_size}")
+        if self.vocab_size is not None and not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"CaptionConfig.pad_id {self.pad_id} is not a token id below vocab_size "
+                             f"{self.vocab_size}")
+
+    def encoder_spec(self):
+        """The encoder these settings describe, every default resolved: an :class:`EncoderSpec`.
+
+        The scratch encoder takes ``patch_size``, ``patch_stem``, ``output_positions``, ``stem_hidden_dim`` and
+        its own sizes (``encoder_dim``, ``encoder_heads``, ``encoder_mlp_dim``: None means the decoder's
+        ``model_dim``, ``num_heads``, ``mlp_dim``); it loads no weights. A pretrained ViT takes its sizes from
+        ``VIT_VARIANTS[backbone]`` and ``backbone_weights``, ``backbone_weights_hash``, ``vit_implementation``
+        and ``freeze_backbone``. The settings of the other kind are ignored (:meth:`ignored_fields`).
+        """
+        if self.backbone == "scratch":
+            return EncoderSpec(
+                kind="scratch", image_size=self.image_size, patch_size=self.patch_size,
+                width=self.encoder_dim or self.model_dim, num_heads=self.encoder_heads or self.num_heads,
+                mlp_dim=self.encoder_mlp_dim or self.mlp_dim, num_layers=self.encoder_layers, stem=self.patch_stem,
+                stem_hidden_dim=self.stem_hidden_dim, output_positions=self.output_positions, variant=None,
+                implementation=None, weights=None, weights_hash=None, freeze=False, dropout=self.dropout)
+        sizes = VIT_VARIANTS[self.backbone]
+        return EncoderSpec(
+            kind="pretrained", image_size=self.image_size, patch_size=sizes["patch_size"], width=sizes["hidden_size"],
+            num_heads=sizes["num_heads"], mlp_dim=sizes["mlp_dim"], num_layers=sizes["num_layers"], stem="linear",
+            stem_hidden_dim=0, output_positions=False, variant=self.backbone, implementation=self.vit_implementation,
+            weights=self.backbone_weights, weights_hash=self.backbone_weights_hash, freeze=self.freeze_backbone,
+            dropout=0.0)
+
+    def ignored_fields(self):
+        """The fields the encoder of these settings does not read (those of the other kind of encoder)."""
+        return PRETRAINED_ONLY if self.backbone == "scratch" else SCRATCH_ONLY
 
     @property
     def encoder_patch_size(self):
         """The patch side the encoder actually uses: ``patch_size``, or the pretrained ViT's."""
-        return self.patch_size if self.backbone == "scratch" else VIT_VARIANTS[self.backbone]["patch_size"]
+        return self.encoder_spec().patch_size
 
     @property
     def pretrained(self):
@@ -144,12 +254,12 @@ class CaptionConfig:
     def feature_dim(self):
         """Width of the encoder's own patch vectors, before the projection to ``model_dim``: a ViT-B
         backbone's 768, or the scratch encoder's ``encoder_dim`` (``model_dim`` when None)."""
-        return VIT_VARIANTS[self.backbone]["hidden_size"] if self.pretrained else self.encoder_dim or self.model_dim
+        return self.encoder_spec().width
 
     @property
     def num_patches(self):
         """How many patch vectors the encoder returns, ``(image_size / encoder_patch_size)²``."""
-        return (self.image_size // self.encoder_patch_size) ** 2
+        return self.encoder_spec().num_patches
 
     def to_dict(self):
         return dataclasses.asdict(self)

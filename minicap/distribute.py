@@ -1,4 +1,5 @@
-"""Data-parallel training: a copy of the model on every device, each batch split between them (chapter 5).
+"""Data-parallel training: a copy of the model on every device, each batch split between them (chapter 5); and
+which 16-bit type the device computes fast, for mixed precision (:func:`mixed_precision_dtype`).
 
 Every device holds the same weights and takes an equal slice of each batch; the slices' gradients are
 summed and every copy applies the same update. N devices thus train the model one device would, on
@@ -172,3 +173,24 @@ class EvenBatches(keras.utils.PyDataset):
         inputs = tuple(_pad_rows(np.asarray(x), self.multiple, mode="edge") for x in inputs)
         targets = _pad_rows(np.asarray(targets), self.multiple, mode="constant", constant_values=self.pad_id)
         return inputs, targets
+
+
+def mixed_precision_dtype():
+    """"bfloat16" unless the GPU is older than Ampere (compute capability < 8, e.g. Colab's T4),
+    which has fast float16 but no fast bfloat16. CPUs and TPUs get bfloat16."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            capability = getattr(jax.devices()[0], "compute_capability", None)
+            return "float16" if capability and float(capability) < 8 else "bfloat16"
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            for gpu in tf.config.list_physical_devices("GPU"):
+                if tf.config.experimental.get_device_details(gpu).get("compute_capability", (8, 0)) < (8, 0):
+                    return "float16"
+    except (RuntimeError, ValueError):  # no usable accelerator: CPU
+        pass
+    return "bfloat16"

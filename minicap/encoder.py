@@ -13,14 +13,14 @@ References: Dosovitskiy et al., "An image is worth 16x16 words" (2020); Vaswani 
 "Attention is all you need" (2017); Xiong et al., "On layer normalization in the Transformer
 architecture" (2020).
 """
-import dataclasses
+import importlib
 
 import keras
 from keras import ops
 
 from minicap.attention import MultiHeadAttention
-from minicap.composition import ColourShapePatchEncoder
-from minicap.patches import ConvPatchEncoder, PatchEncoder, Patches, check_image_shape
+from minicap.config import PATCH_STEMS
+from minicap.patches import Patches, check_image_shape
 from minicap.positional import sinusoidal_encoding_2d
 
 # Layer norm epsilon of ViT (and of vit-keras).
@@ -130,34 +130,22 @@ class EncoderLayer(keras.layers.Layer):
         return config
 
 
-@dataclasses.dataclass(frozen=True)
-class PatchStem:
-    """One way of turning an image into patch vectors: what its layer reads, and how to make the layer."""
-
-    reads_patches: bool  # True: the flattened patches of ``Patches``; False: the whole image
-    centred: bool  # True: pixels in [-1, 1]; False: in [0, 1]
-    make: object  # (image_size, patch_size, model_dim, hidden_dim, **layer_kwargs) -> a layer
-
-
-# How the scratch encoder turns an image into patch vectors (chapter 1; the colour-shape stem: the appendix).
-PATCH_STEMS = {
-    "linear": PatchStem(reads_patches=True, centred=True,
-                        make=lambda size, patch, dim, hidden, **kw: PatchEncoder((size // patch) ** 2, dim, **kw)),
-    "colour-shape": PatchStem(reads_patches=False, centred=False,
-                              make=lambda size, patch, dim, hidden, **kw: ColourShapePatchEncoder(
-                                  size, patch, dim, hidden_dim=hidden, **kw)),
-    "conv": PatchStem(reads_patches=False, centred=True,
-                      make=lambda size, patch, dim, hidden, **kw: ConvPatchEncoder(size, patch, dim, channels=hidden, **kw)),
-}
+def patch_stem_class(stem):
+    """The layer class of the patch stem named ``stem`` (a key of ``minicap.config.PATCH_STEMS``), imported from
+    the module that defines it: chapter 1's ``PatchEncoder`` and ``ConvPatchEncoder``, or the appendix's
+    ``ColourShapePatchEncoder``, which this module does not import otherwise. Each stem class says what it reads
+    (``reads_patches``: the flattened patches, or the whole image) and how (``centred``: pixels in [-1, 1])."""
+    if stem not in PATCH_STEMS:
+        raise ValueError(f"patch_stem must be one of {list(PATCH_STEMS)}, got {stem!r}")
+    module, name = PATCH_STEMS[stem]
+    return getattr(importlib.import_module(module), name)
 
 
 def make_patch_stem(stem, image_size, patch_size, model_dim, hidden_dim=0, **kwargs):
     """The patch-embedding layer ``stem`` (a key of ``PATCH_STEMS``) for ``image_size`` images cut into
     ``patch_size`` patches, of width ``model_dim``; ``hidden_dim`` is the conv stem's ``channels`` or the
     colour-shape stem's ``hidden_dim`` (unused by the linear one); ``kwargs`` go to the layer (name, dtype)."""
-    if stem not in PATCH_STEMS:
-        raise ValueError(f"patch_stem must be one of {list(PATCH_STEMS)}, got {stem!r}")
-    return PATCH_STEMS[stem].make(image_size, patch_size, model_dim, hidden_dim, **kwargs)
+    return patch_stem_class(stem).from_settings(image_size, patch_size, model_dim, hidden_dim, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="minicap")
@@ -229,7 +217,7 @@ class VisionEncoder(keras.layers.Layer):
     def build(self, input_shape):
         self._check_images(input_shape)
         sequence_shape = (input_shape[0], self.num_patches, self.model_dim)
-        reads_patches = PATCH_STEMS[self.patch_stem].reads_patches
+        reads_patches = type(self.patch_encoder).reads_patches
         stem_input = self.patches.compute_output_shape(input_shape) if reads_patches else input_shape
         sublayers = [(self.patch_encoder, stem_input)]
         sublayers += [(layer, sequence_shape) for layer in self.encoder_layers + [self.final_norm]]
@@ -247,7 +235,7 @@ class VisionEncoder(keras.layers.Layer):
     def call(self, images, return_attention_scores=False, training=None):
         self._check_images(ops.shape(images))
         images = ops.cast(images, self.compute_dtype)
-        stem = PATCH_STEMS[self.patch_stem]
+        stem = type(self.patch_encoder)
         x = images * 2.0 - 1.0 if stem.centred else images  # [0, 1] -> [-1, 1] for the stems that want it
         x = self.patch_encoder(self.patches(x) if stem.reads_patches else x)  # (B, N, d)
         x = self.embedding_dropout(x, training=training)

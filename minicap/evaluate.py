@@ -155,7 +155,7 @@ def evaluate_shapes(model, tokenizer, data, method="greedy", batch_size=100, lay
     """
     if len(data) == 0:
         raise ValueError("the split is empty: there is nothing to evaluate")
-    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    generator = Generator.from_tokenizer(model, tokenizer)
     captions, attention, mentions, masks, faithful = [], [], [], [], 0
     for start in range(0, len(data), batch_size):
         images = data.images[start:start + batch_size].astype("float32") / 255.0
@@ -212,7 +212,7 @@ def evaluate_caption_set(model, tokenizer, caption_set, method="greedy", batch_s
     """
     if len(caption_set) == 0:
         raise ValueError(f"the {caption_set.name} {caption_set.split} split is empty: there is nothing to evaluate")
-    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    generator = Generator.from_tokenizer(model, tokenizer)
     files, captions = caption_set.images, []
     for start in range(0, len(caption_set), batch_size):
         images = np.stack([files[i] for i in range(start, min(start + batch_size, len(caption_set)))])

@@ -111,6 +111,12 @@ class Generator:
         forbidden[[pad_id, start_id]] = -1e9
         self.forbidden = ops.convert_to_tensor(forbidden)
 
+    @classmethod
+    def from_tokenizer(cls, model, tokenizer, max_length=None):
+        """The generator of ``model`` with the special tokens of ``tokenizer`` (a :class:`minicap.text.Tokenizer`):
+        ``Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)``."""
+        return cls(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id, max_length)
+
     def _run(self, key, function, *args):
         if key not in self._compiled:
             self._compiled[key] = _compile(function, self.model)
@@ -230,5 +236,5 @@ class Generator:
 
 def caption(model, tokenizer, images, method="greedy", **options):
     """Captions (strings) for float images ``(batch, H, W, 3)``, written by ``method`` (see ``Generator.decode``)."""
-    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    generator = Generator.from_tokenizer(model, tokenizer)
     return tokenizer.decode_batch(generator.decode(images, method, **options))

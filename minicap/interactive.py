@@ -188,7 +188,7 @@ def explore_caption(model, tokenizer, image, tokens=None, method="greedy", layer
     if pixels.shape != (size, size, 3):
         raise ValueError(f"image has shape {pixels.shape}, expected ({size}, {size}, 3) for this model")
     if tokens is None:
-        generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+        generator = Generator.from_tokenizer(model, tokenizer)
         tokens = generator.decode(pixels[None], method, **options)[0]
     tokens = np.asarray(to_numpy(tokens)).reshape(-1)
     if not tokens.size or tokens[0] != tokenizer.start_id:
@@ -216,7 +216,7 @@ def explore_caption(model, tokenizer, image, tokens=None, method="greedy", layer
         head_weights, names = cross[layer], None
     else:
         raise ValueError(f"layer must be 'mean' or an index of the {num_layers} decoder layers, got {layer!r}")
-    side = model.config.image_size // model.config.encoder_patch_size
+    side = model.config.encoder_spec().grid
     return AttentionExplorer(pixels, words, head_weights.mean(axis=0), (side, side), head_weights=head_weights,
                              title=title, head_names=names)
 

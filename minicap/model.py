@@ -62,17 +62,17 @@ class CaptionModel(keras.Model):
                              "e.g. dataclasses.replace(config, vocab_size=len(tokenizer))")
         self.config = config
         policy = self.dtype_policy
-        if config.pretrained:
-            self.encoder = pretrained_vit(config.image_size, config.backbone, config.vit_implementation,
-                                          freeze=config.freeze_backbone, dtype=policy, name="encoder")
+        spec = config.encoder_spec()  # the encoder, every default resolved
+        if spec.kind == "pretrained":
+            self.encoder = pretrained_vit(spec.image_size, spec.variant, spec.implementation, freeze=spec.freeze,
+                                          dtype=policy, name="encoder")
         else:
             self.encoder = VisionEncoder(
-                config.image_size, config.patch_size, config.encoder_dim or config.model_dim, config.encoder_layers,
-                config.encoder_heads or config.num_heads, config.encoder_mlp_dim or config.mlp_dim, config.dropout,
-                patch_stem=config.patch_stem, output_positions=config.output_positions,
-                stem_hidden_dim=config.stem_hidden_dim, dtype=policy, name="encoder")
+                spec.image_size, spec.patch_size, spec.width, spec.num_layers, spec.num_heads, spec.mlp_dim,
+                spec.dropout, patch_stem=spec.stem, output_positions=spec.output_positions,
+                stem_hidden_dim=spec.stem_hidden_dim, dtype=policy, name="encoder")
         self.encoder_projection = None
-        if config.feature_dim != config.model_dim:
+        if spec.width != config.model_dim:
             # The decoder attends to patch vectors of its own width (the article's Dense projection of
             # the ViT's 768-wide patch tokens).
             self.encoder_projection = keras.layers.Dense(config.model_dim, dtype=policy, name="encoder_projection")
@@ -82,8 +82,8 @@ class CaptionModel(keras.Model):
         # float32 logits even under mixed precision, so that softmax and loss are stable.
         self.head = keras.layers.Dense(config.vocab_size, dtype="float32", name="head")
         self.build()
-        if config.pretrained and config.backbone_weights and load_backbone_weights:
-            self.encoder.load_weights_from(config.backbone_weights, file_hash=config.backbone_weights_hash)
+        if spec.weights and load_backbone_weights:
+            self.encoder.load_weights_from(spec.weights, file_hash=spec.weights_hash)
 
     def build(self, input_shape=None):
         # Every weight is created from the config alone, so a new model can be summarised and a

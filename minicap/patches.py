@@ -104,6 +104,14 @@ class PatchEncoder(keras.layers.Layer):
         ``(batch, num_patches, projection_dim)``.
     """
 
+    # As a patch stem of ``VisionEncoder`` (chapter 4): it reads the flattened patches of centred pixels.
+    reads_patches, centred = True, True
+
+    @classmethod
+    def from_settings(cls, image_size, patch_size, model_dim, hidden_dim=0, **kwargs):
+        """The stem for ``image_size`` images in ``patch_size`` patches (``hidden_dim``: unused)."""
+        return cls((image_size // patch_size) ** 2, model_dim, **kwargs)
+
     def __init__(self, num_patches, projection_dim, **kwargs):
         super().__init__(**kwargs)
         self.num_patches = num_patches
@@ -160,6 +168,14 @@ class ConvPatchEncoder(keras.layers.Layer):
     Returns:
         ``(batch, num_patches, projection_dim)``.
     """
+
+    # As a patch stem of ``VisionEncoder`` (chapter 4): it reads the whole image, centred.
+    reads_patches, centred = False, True
+
+    @classmethod
+    def from_settings(cls, image_size, patch_size, model_dim, hidden_dim=0, **kwargs):
+        """The stem for ``image_size`` images in ``patch_size`` patches; ``hidden_dim`` is ``channels``."""
+        return cls(image_size, patch_size, model_dim, channels=hidden_dim, **kwargs)
 
     def __init__(self, image_size, patch_size, projection_dim, channels=0, **kwargs):
         super().__init__(**kwargs)

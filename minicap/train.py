@@ -29,7 +29,7 @@ from minicap.data.datasets import load_data
 from minicap.data.download import default_cache_dir
 from minicap.data.features import cached_features, fingerprint_variables
 from minicap.data.pipeline import CaptionBatches
-from minicap.distribute import data_parallel, predictor
+from minicap.distribute import data_parallel, mixed_precision_dtype, predictor
 from minicap.model import CaptionModel, load_captioner
 from minicap.text import Tokenizer
 from minicap.training import EpochLog, History, compile_model
@@ -40,27 +40,6 @@ def _set_precision(config):
     policy = "mixed_" + mixed_precision_dtype() if config.mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
-
-
-def mixed_precision_dtype():
-    """"bfloat16" unless the GPU is older than Ampere (compute capability < 8, e.g. Colab's T4),
-    which has fast float16 but no fast bfloat16. CPUs and TPUs get bfloat16."""
-    backend = keras.backend.backend()
-    try:
-        if backend == "jax":
-            import jax
-
-            capability = getattr(jax.devices()[0], "compute_capability", None)
-            return "float16" if capability and float(capability) < 8 else "bfloat16"
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            for gpu in tf.config.list_physical_devices("GPU"):
-                if tf.config.experimental.get_device_details(gpu).get("compute_capability", (8, 0)) < (8, 0):
-                    return "float16"
-    except (RuntimeError, ValueError):  # no usable accelerator: CPU
-        pass
-    return "bfloat16"
 
 
 @dataclasses.dataclass
@@ -109,12 +88,15 @@ def _check_run_dir(run_dir, config, overwrite):
 
 def changed_settings(saved, config):
     """``{name: (saved value, value in config)}`` of the settings in which two TrainConfigs differ, by their
-    flat names (``model.model_dim``), leaving out ``PLACEMENT_SETTINGS``."""
+    flat names (``model.model_dim``), leaving out ``PLACEMENT_SETTINGS`` and the model settings that neither
+    run's encoder reads (a scratch encoder's ignores the pretrained weights, and the other way round)."""
     # Through TrainConfig, so that a setting added since a run started counts with its default.
     previous, current = _flat(saved.to_dict()), _flat(config.to_dict())
+    ignored = set(PLACEMENT_SETTINGS) | {f"model.{name}" for name in
+                                         set(saved.model.ignored_fields()) & set(config.model.ignored_fields())}
     names = sorted(previous.keys() | current.keys())
     return {name: (previous.get(name), current.get(name)) for name in names
-            if name not in PLACEMENT_SETTINGS and previous.get(name) != current.get(name)}
+            if name not in ignored and previous.get(name) != current.get(name)}
 
 
 def _describe_changes(changed):

@@ -181,15 +181,17 @@ def resolve_jit_compile(jit_compile, model=None):
 
 
 def compile_model(model, pad_id=0, warmup_steps=4000, lr_scale=1.0, label_smoothing=0.0,
-                  jit_compile="auto", weight_decay=0.0, run_eagerly=False):
+                  jit_compile="auto", weight_decay=0.0, run_eagerly=False, model_dim=None):
     """Compile a CaptionModel with the masked loss, masked accuracy and the scheduled Adam(W).
 
     ``jit_compile``: "auto" (XLA for TensorFlow and JAX, on CPUs too; eager for PyTorch: see
     ``JIT_BY_BACKEND``), "on"/True or "off"/False. ``run_eagerly``: no compiled step at all, each
-    operation runs as Python calls it (for debugging; it overrides ``jit_compile``).
+    operation runs as Python calls it (for debugging; it overrides ``jit_compile``). ``model_dim``: the
+    schedule's width ``d`` (default ``model.config.model_dim``; give it for a Keras model of your own).
     """
     model.compile(
-        optimizer=make_optimizer(model.config.model_dim, warmup_steps, lr_scale, weight_decay=weight_decay),
+        optimizer=make_optimizer(model_dim or model.config.model_dim, warmup_steps, lr_scale,
+                                 weight_decay=weight_decay),
         loss=MaskedSparseCrossEntropy(pad_id, label_smoothing),
         metrics=[MaskedAccuracy(pad_id)],
         jit_compile=False if run_eagerly else resolve_jit_compile(jit_compile, model),

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from minicap.config import VIT_IMPLEMENTATIONS
 from minicap.encoder import NORM_EPSILON, EncoderLayer
 from minicap.patches import Patches, check_image_shape
 from minicap.positional import PositionEmbedding
@@ -30,7 +31,6 @@ from minicap.vit_keras import ViTBackbone
 from minicap.vit_weights import check_official_keys, read_weights_file, vit_architecture, weights_file
 
 # The implementations of the pretrained backbone: minicap's own layers, or vit-keras's model.
-VIT_IMPLEMENTATIONS = ("minicap", "vit-keras")
 
 
 @keras.saving.register_keras_serializable(package="minicap")

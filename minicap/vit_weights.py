@@ -1,5 +1,6 @@
-"""The official pretrained ViT-B variants: their architecture, and where their weights come from: the official ``.npz`` files, from a local path, a mirror
-or GitHub, each checksum-verified (chapter 4).
+"""Where the pretrained ViT-B weights come from: the official ``.npz`` files, from a local path, a mirror or GitHub,
+each checksum-verified, and read without unpickling anything (chapter 4). The variants' sizes and the weights' names
+are settings: ``minicap.config.VIT_VARIANTS`` and ``VIT_WEIGHTS``.
 
 Google released the weights of the ViT paper (Dosovitskiy et al., 2020) as ``.npz`` files of named arrays
 (``embedding/kernel``, ``Transformer/encoderblock_0/...``), pretrained on ImageNet-21k (``imagenet21k``) and
@@ -29,18 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from minicap.data.download import fetch, file_digest, parse_hash
+from minicap.config import VIT_VARIANTS, VIT_WEIGHTS, parse_hash
+from minicap.data.download import fetch, file_digest
 
-# The weight sets of the official files (their classifier heads differ; minicap uses the patch tokens).
-VIT_WEIGHTS = ("imagenet21k+imagenet2012", "imagenet21k")
 # Where vit-keras downloads the official files from.
 GITHUB_RELEASE_URL = "https://github.com/faustomorales/vit-keras/releases/download/dl"
 MIRROR_VARIABLE = "MINICAP_VIT_MIRROR"
-# The pretrained backbones: ViT-B/16 and ViT-B/32 (ViT-Base: 12 layers, width 768).
-VIT_VARIANTS = {
-    "vit-b16": dict(patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
-    "vit-b32": dict(patch_size=32, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
-}
 
 
 def vit_architecture(variant, **given):

@@ -4,7 +4,7 @@ import keras
 import pytest
 from keras import ops
 
-from layer_checks import check_layer
+from tests.support.layer_checks import check_layer
 from minicap.attention import (
     MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention,
 )

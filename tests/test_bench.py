@@ -1,6 +1,6 @@
-"""Tests for the benchmarks of tools/ (bench, bench_device, bench_report, bench_stock, bench_train,
-bench_faithfulness): the FLOP count, the stock-Keras build, the peak, the training-run figures (XLA per backend,
-feature cache, time to 95% faithfulness) and the JSON of ``minicap bench``."""
+"""Tests for the benchmarks of tools/bench (device, flops, stock, training, decoding, pipeline, faithfulness,
+report, suite): the FLOP count, the stock-Keras build, the peak, the training-run figures (XLA per backend, feature
+cache, time to 95% faithfulness) and the JSON of ``python -m tools.bench``."""
 import json
 import time
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from keras import ops
 
-import bench  # tools/bench.py and its siblings (tests/conftest.py puts tools/ on the import path)
-import bench_device
-import bench_faithfulness
-import bench_report
-import bench_stock
-import bench_train
 from minicap import training
 from minicap.config import model_config, profile
-from minicap.cli import main
+from tools.bench import device as bench_device
+from tools.bench import faithfulness as bench_faithfulness
+from tools.bench import flops
+from tools.bench import report as bench_report
+from tools.bench import stock as bench_stock
+from tools.bench import suite as bench
+from tools.bench import training as bench_train
 from minicap.data.shapes import make_shapes
 from minicap.model import CaptionConfig, CaptionModel
 
@@ -42,25 +42,28 @@ def test_forward_flops_match_a_hand_count():
     expected = (patch_embedding + encoder_attention + encoder_mlp + projection + self_attention
                 + cross_attention + decoder_mlp + head)
     assert expected == 36_992
-    assert bench_stock.forward_flops(config) == expected
-    assert bench_stock.encoder_flops(config) == patch_embedding + encoder_attention + encoder_mlp
-    assert bench_stock.decoder_flops(config) == expected - bench_stock.encoder_flops(config)  # projection on
-    assert bench_stock.training_flops(config) == 3 * expected
+    assert flops.forward_flops(config) == expected
+    assert flops.encoder_flops(config) == patch_embedding + encoder_attention + encoder_mlp
+    assert flops.decoder_flops(config) == expected - flops.encoder_flops(config)  # projection on
+    assert flops.training_flops(config) == 3 * expected
     # Without a wider encoder there is no projection, and two tokens fewer cost less.
-    assert bench_stock.forward_flops(_tiny()) < bench_stock.forward_flops(_tiny(), length=6)
-    with pytest.raises(ValueError, match="scratch encoder only, got backbone 'vit-b32'"):
-        bench_stock.forward_flops(_tiny(backbone="vit-b32", image_size=32))
+    assert flops.forward_flops(_tiny()) < flops.forward_flops(_tiny(), length=6)
+    # A pretrained ViT-B/32 on 32-pixel images: 1 patch and the class token, 12 layers of width 768.
+    vit = _tiny(backbone="vit-b32", image_size=32)
+    tokens, width, hidden = 2, 768, 3072
+    layer = 4 * (2 * tokens * width * width) + 2 * (2 * tokens * tokens * width) + 2 * (2 * tokens * width * hidden)
+    assert flops.encoder_flops(vit) == 2 * 1 * 32 * 32 * 3 * width + 12 * layer
 
 
 def test_vit_b32_config_is_the_article_model():
-    config = bench_stock.vit_b32_config()
+    config = flops.vit_b32_config()
     assert (config.image_size, config.patch_size, config.num_patches) == (224, 32, 49)
     assert (config.encoder_layers, config.encoder_dim, config.encoder_heads, config.encoder_mlp_dim) == (
         12, 768, 12, 3072)
     assert (config.decoder_layers, config.model_dim, config.num_heads) == (4, 512, 8)
     assert (config.max_length, config.vocab_size) == (24, 8000)
     # About 29 GFLOPs per image and training step, 86% of them in the encoder.
-    assert 29e9 < bench_stock.training_flops(config) < 30e9
+    assert 29e9 < flops.training_flops(config) < 30e9
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(encoder_dim=12, encoder_heads=3, encoder_mlp_dim=24,
@@ -134,12 +137,12 @@ def test_stock_build_computes_what_caption_model_computes():
 
 def test_quick_config_follows_the_quick_profile():
     model = profile("quick").model
-    config = bench_stock.quick_config(30, max_length=20)
+    config = flops.quick_config(30, max_length=20)
     assert (config.image_size, config.patch_size, config.model_dim, config.encoder_layers, config.vocab_size,
             config.max_length) == (model.image_size, model.patch_size, model.model_dim, model.encoder_layers, 30, 20)
     assert (config.patch_stem, config.output_positions) == ("linear", False)  # what stock Keras can build
     settings = profile("quick", model_dim=32, num_heads=4)
-    assert bench_stock.quick_config(30, settings=settings).model_dim == 32
+    assert flops.quick_config(30, settings=settings).model_dim == 32
 
 
 def test_peak_flops_from_flag_table_or_measurement():
@@ -173,12 +176,12 @@ def test_run_rejects_bad_settings():
 def test_bench_command_writes_the_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     # A small quick profile, and no XLA but for the one figure that times the default setting: the report's
-    # logic, not its speed (the CLI test of the figures at full size is `minicap bench` itself).
+    # logic, not its speed (the test of the figures at full size is `python -m tools.bench` itself).
     small = dict(batch_size=16, model_dim=16, mlp_dim=32, encoder_layers=1, decoder_layers=1, image_size=24,
                  patch_size=12, jit_compile="off")
     backend = keras.backend.backend()
     other = "jax" if backend != "jax" else "tensorflow"  # its step runs in a subprocess of its own
-    status = main(["bench", "--quick", "--output", str(path), "--batch-sizes", "8", "--steps", "1",
+    status = bench.main(["--quick", "--output", str(path), "--batch-sizes", "8", "--steps", "1",
                    "--repeats", "1", "--decode-batch", "4", "--peak-tflops", "1", "--jit", "off",
                    "--backends", f"{backend},{other}", *[f"--set={name}={value}" for name, value in small.items()]])
     assert status in (None, 0)
@@ -265,11 +268,12 @@ def test_feature_cache_bench_times_both_inputs_and_extrapolates_per_epoch_and_ru
     assert record["images_over_cached"] == pytest.approx(
         record["seconds_per_step_images"] / record["seconds_per_step_cached"])
     assert record["epoch_seconds_images"] == pytest.approx(15000 * record["seconds_per_step_images"])
-    # ViT-B/32 at 224 px: the 4.4 "GFLOPs" usually quoted are multiply-adds, 8.7e9 FLOPs as counted here.
-    assert record["backbone_flops_per_image"] == bench_stock.encoder_flops(bench_stock.vit_b32_config())
-    assert 8.6e9 < record["backbone_flops_per_image"] < 8.8e9
+    # ViT-B/32 at 224 px: the 4.4 "GFLOPs" usually quoted are multiply-adds, 8.8e9 FLOPs as counted here (the 49
+    # patches and the class token).
+    assert record["backbone_flops_per_image"] == flops.encoder_flops(model_config(photos, 3000, 0))
+    assert 8.7e9 < record["backbone_flops_per_image"] < 8.9e9
     decoder = record["decoder_training_flops_per_image"]
-    assert decoder == 3 * bench_stock.decoder_flops(model_config(photos, 3000, 0))
+    assert decoder == 3 * flops.decoder_flops(model_config(photos, 3000, 0))
     assert record["flops_images_over_cached"] == pytest.approx((record["backbone_flops_per_image"] + decoder) / decoder)
     assert record["run_seconds_cached"] == pytest.approx(
         record["feature_seconds"] + record["epochs"] * record["epoch_seconds_cached"])
@@ -344,5 +348,5 @@ def test_run_rejects_bad_bench_settings():
 
 
 def test_bench_command_rejects_bad_batch_sizes(capsys):
-    assert main(["bench", "--quick", "--batch-sizes", "8,x"]) == 2
+    assert bench.main(["--quick", "--batch-sizes", "8,x"]) == 2
     assert "batch sizes must be positive integers separated by commas, got '8,x'" in capsys.readouterr().err

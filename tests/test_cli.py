@@ -1,5 +1,5 @@
 """``minicap caption`` and ``minicap evaluate`` on a trained run, the command line's usage errors, and
-``minicap bench`` handing its arguments to tools/bench.py (its figures: test_bench.py).
+the benchmarks of the clone, ``python -m tools.bench`` (its figures: test_bench.py).
 
 The commands run in this process through ``minicap.cli.main`` (what the ``minicap`` script calls);
 test_reliability.py runs the script itself as a subprocess for bad image files and bad models.
@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 import minicap as package
-from conftest import require
-from minicap.cli import BENCH_MISSING, main
+from tests.support import require
+from minicap.cli import main
 from minicap.data.faithfulness import check_caption
 from minicap.data.folder import load_caption_folder
 from minicap.data.images import load_image
@@ -27,8 +27,8 @@ from minicap.evaluate import evaluate_shapes
 from minicap.metrics import cider_d, corpus_bleu
 from minicap.generate import Generator
 from minicap.model import load_captioner
-from photo_stand_ins import write_caption_folder
-from planted_captioner import BEAM, GREEDY, save_planted_captioner
+from tests.support.photo_stand_ins import write_caption_folder
+from tests.support.planted_captioner import BEAM, GREEDY, save_planted_captioner
 
 # What the commands print and refuse does not depend on Keras's backend (the models they load are tested on
 # each backend by test_model.py and test_generate.py): runs once, on the default one.
@@ -58,7 +58,7 @@ def captions_of(run_dir, paths, beam_width=1):
     """The captions the Python API writes for ``paths``."""
     model, tokenizer = load_captioner(run_dir / "model.keras")
     batch = np.stack([load_image(path, model.config.image_size) for path in paths]).astype("float32") / 255.0
-    generator = Generator(model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    generator = Generator.from_tokenizer(model, tokenizer)
     tokens = generator.beam_search(batch, beam_width) if beam_width > 1 else generator.greedy(batch)
     return tokenizer.decode_batch(tokens)
 
@@ -201,8 +201,9 @@ def test_a_file_that_is_not_a_model_is_named_before_the_tokenizer_is_looked_for(
     assert message == "minicap caption: error: run/tokenizer.json: no such tokenizer file"
 
 
-def test_bench_hands_its_arguments_to_tools_bench_unchanged(capsys, tmp_path, monkeypatch):
-    import bench  # tools/bench.py, which minicap bench runs in a clone
+def test_the_benchmarks_are_the_clones_run_with_python_m(capsys, tmp_path, monkeypatch):
+    # `python -m tools.bench` reads its own options and hands them on; the package's command has no bench.
+    from tools.bench import suite
 
     calls = []
 
@@ -210,45 +211,25 @@ def test_bench_hands_its_arguments_to_tools_bench_unchanged(capsys, tmp_path, mo
         calls.append(options)
         return {"planted": True}
 
-    monkeypatch.setattr(bench, "run", run)
-    monkeypatch.setattr(bench, "format_table", lambda report: f"table of {sorted(report)}")
+    monkeypatch.setattr(suite, "run", run)
+    monkeypatch.setattr(suite, "format_table", lambda report: f"table of {sorted(report)}")
     path = tmp_path / "bench.json"
-    status, out, _ = minicap(capsys, "bench", "--quick", "-o", path, "--set", "model_dim=16", "--set=jit_compile=off",
-                             "--backends", "jax, tensorflow", "--batch-sizes", "8,16", "--skip-vit", "--steps", "2")
-    assert status == 0 and out == "table of ['planted']\n"
+    assert suite.main(["--quick", "-o", str(path), "--set", "model_dim=16", "--set=jit_compile=off", "--backends",
+                       "jax, tensorflow", "--batch-sizes", "8,16", "--skip-vit", "--steps", "2"]) == 0
+    assert capsys.readouterr().out == "table of ['planted']\n"
     assert json.loads(path.read_text()) == {"planted": True}
     (options,) = calls
     assert options["quick"] is True and options["skip_vit"] is True and options["steps"] == 2
     assert options["overrides"] == {"model_dim": 16, "jit_compile": "off"}
     assert options["backends"] == ["jax", "tensorflow"] and options["batch_sizes"] == (8, 16)
     assert options["skip_feature_cache"] is None and options["precision"] == "auto"  # the defaults
-    # Its help is tools/bench.py's, under the name the reader typed; minicap's own help lists the command.
+    root = Path(package.__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "tools.bench", "--help"], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m tools.bench [-h] [--quick]")
     with pytest.raises(SystemExit) as exit_status:
-        main(["bench", "--help"])
-    assert exit_status.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith("usage: minicap bench [-h] [--quick]") and "--peak-tflops TFLOPS" in out
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    assert "bench" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_status:
-        main(["bench", "--no-such-option"])
-    assert exit_status.value.code == 2
-    assert "minicap bench: error: unrecognized arguments: --no-such-option" in capsys.readouterr().err
-
-
-def test_bench_from_an_installed_minicap_says_it_needs_a_clone(tmp_path):
-    """A copy of the package with no tools/ beside it, as pip installs it: minicap bench names what is missing."""
-    shutil.copytree(Path(package.__file__).parent, tmp_path / "minicap", ignore=shutil.ignore_patterns("__pycache__"))
-    script = ("import sys, minicap; from minicap.cli import main; print(minicap.__file__); "
-              "sys.exit(main(['bench', '--quick']))")
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert done.stdout.strip() == str(tmp_path / "minicap" / "__init__.py")  # the copy ran, not the checkout
-    assert done.returncode == 2
-    assert done.stderr.strip() == f"minicap bench: error: {BENCH_MISSING}"
-    assert BENCH_MISSING == ("minicap bench runs from a clone of the repository (tools/bench.py); pip-installed "
-                             "minicap has no benchmarks")
+        main(["bench", "--quick"])
+    assert exit_status.value.code == 2 and "invalid choice: 'bench'" in capsys.readouterr().err
 
 
 def test_the_installed_package_is_minicap_alone():
@@ -261,7 +242,7 @@ def test_the_installed_package_is_minicap_alone():
     packages = setuptools.find_namespace_packages(str(root), include=settings.get("include", ("*",)),
                                                   exclude=settings.get("exclude", ()))
     assert "minicap" in packages and "minicap.data" in packages
-    assert (root / "tools" / "bench.py").is_file() and (root / "tools" / "dev.py").is_file()
+    assert (root / "tools" / "bench" / "suite.py").is_file() and (root / "tools" / "dev.py").is_file()
     assert [name for name in packages if name.split(".")[0] != "minicap"] == []
 
 
@@ -271,7 +252,7 @@ def test_evaluate_decodes_with_the_options_asked_for(capsys, monkeypatch, tmp_pa
     # pass sampling's temperature, top-k and seed on: each option is seen where the decoder receives it.
     from minicap.evaluate import evaluate_caption_set, evaluate_shapes
     from minicap.generate import Generator
-    from photo_stand_ins import write_caption_folder
+    from tests.support.photo_stand_ins import write_caption_folder
 
     received = []
     for method in ("beam_search", "sample"):

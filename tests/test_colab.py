@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import unavailable
+from tests.support import require, unavailable
 from minicap import colab
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
@@ -117,7 +117,7 @@ def test_setup_cell_uses_the_standard_library_only():
 
 
 def test_small_dependencies_are_pyproject_dependencies_but_tensorflow_and_keras():
-    tomllib = __import__("conftest").require("tomllib", "tomllib (Python 3.11+) is missing")  # fails under CI
+    tomllib = require("tomllib", "tomllib (Python 3.11+) is missing")  # fails under CI
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]}
     assert names - {"tensorflow", "keras"} == set(colab.SMALL_DEPENDENCIES)

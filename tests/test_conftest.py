@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import require, unavailable
+from tests.support import require, unavailable
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
 pytestmark = pytest.mark.single_backend

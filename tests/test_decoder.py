@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from layer_checks import check_layer
+from tests.support.layer_checks import check_layer
 from minicap.decoder import Decoder, DecoderLayer
 from minicap.positional import sinusoidal_encoding
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dev  # tools/dev.py (tests/conftest.py puts tools/ on the import path)
-from conftest import require
+from tools import dev
+from tests.support import require
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
 pytestmark = pytest.mark.single_backend
@@ -89,7 +89,7 @@ def test_notebooks_nbval_executes_go_into_the_jupyter_cache_and_failed_ones_do_n
     cache = tmp_path / "cache"
     env = {**os.environ, "MINICAP_JUPYTER_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", str(good), str(bad), "--nbval-lax", "-p", "tests.notebook_cache",
+        [sys.executable, "-m", "pytest", str(good), str(bad), "--nbval-lax", "-p", "tests.support.notebook_cache",
          "-p", "no:cacheprovider", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert completed.returncode == 1, completed.stdout  # the bad notebook fails
     stored = jupyter_cache.get_cache(str(cache))

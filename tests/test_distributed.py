@@ -16,14 +16,12 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import require
+from tests.support import TINY_RUN, require
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
 pytestmark = pytest.mark.single_backend
 
-TINY = dict(num_train=48, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
-            num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=2,
-            warmup_steps=5, checkpoint_every=2, dropout=0.0)
+TINY = {**TINY_RUN, "run_eagerly": False}  # compiled steps, as data-parallel training runs them
 CRASH_STEP = 5  # mid-epoch, one step after the checkpoint of step 4
 SAMPLE_SEED = 7  # the images and captions each process feeds a saved model to compare its outputs
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import require
-from layer_checks import check_layer
+from tests.support import require
+from tests.support.layer_checks import check_layer
 from minicap.encoder import EncoderLayer, FeedForward, VisionEncoder
 from minicap.vit_keras import VIT_INSTALL_HINT, ViTBackbone
-from photo_stand_ins import official_key, write_vit_weights
+from tests.support.photo_stand_ins import official_key, write_vit_weights
 
 
 def test_feed_forward_contract_and_shape(tmp_path):

@@ -14,8 +14,8 @@ from minicap.evaluate import (
 )
 from minicap.metrics import cider_d, corpus_bleu
 from minicap.text import Tokenizer
-from planted_captioner import BEAM, GREEDY, planted_captioner
-from stand_ins import TableModel, planted_attention_model
+from tests.support.planted_captioner import BEAM, GREEDY, planted_captioner
+from tests.support.stand_ins import TableModel, planted_attention_model
 
 
 # ---------------------------------------------------------------- patches and grounding

@@ -127,8 +127,8 @@ def test_the_same_photos_unpacked_elsewhere_find_their_cache_and_other_files_do_
 
 KILL_SCRIPT = """
 import os, signal, sys
-sys.path.insert(0, {tests!r})
-from test_features import DESCRIBE, Recorder
+sys.path.insert(0, {root!r})
+from tests.test_features import DESCRIBE, Recorder
 from minicap.data.features import cached_features
 
 class KillAt(Recorder):
@@ -145,7 +145,7 @@ def test_killed_run_resumes_from_its_last_chunk(tmp_path):
     paths = _images(tmp_path / "images")
     cache = str(tmp_path / "cache")
     # Chunks are images 0-3, 4-7, 8-9; the process dies on the batch of images 6-7, after 4-5 were written.
-    script = KILL_SCRIPT.format(tests=os.path.join(REPO, "tests"), kill_at=6, paths=paths, size=SIZE, cache=cache)
+    script = KILL_SCRIPT.format(root=REPO, kill_at=6, paths=paths, size=SIZE, cache=cache)
     env = {**os.environ, "PYTHONPATH": REPO}
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, timeout=300)
     assert result.returncode == -9, result.stderr.decode()[-2000:]

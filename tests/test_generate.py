@@ -4,7 +4,7 @@ import pytest
 
 from minicap.generate import Generator, caption
 from minicap.model import CaptionConfig, CaptionModel
-from stand_ins import TableModel, prefix_code, prefix_rows, table_images
+from tests.support.stand_ins import TableModel, prefix_code, prefix_rows, table_images
 
 VOCAB, START, END, PAD = 12, 1, 2, 0
 

@@ -123,7 +123,7 @@ def test_the_sample_photo_is_a_photograph_that_loads():
 
 def test_a_photo_from_a_url_or_a_path(tmp_path):
     from minicap.data.images import load_photo
-    from photo_stand_ins import serve
+    from tests.support.photo_stand_ins import serve
 
     Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "green.png")
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from conftest import require
+from tests.support import require
 from minicap.metrics import cider_d, corpus_bleu, ngram_counts, tokenize
 
 # Independent of Keras's backend: runs once, on the default one.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import require
+from tests.support import require
 from minicap.model import CaptionConfig, CaptionModel
 
 VOCAB = 11
@@ -35,7 +35,9 @@ def test_config_json_round_trip(tmp_path):
     assert CaptionConfig.load(tmp_path / "config.json") == config
     assert config.num_patches == 16 and config.encoder_patch_size == 8
     assert _config(backbone="vit-b32").encoder_patch_size == 32
-    assert _config(backbone_weights="imagenet21k").backbone_weights is None  # nothing to load for scratch
+    scratch = _config(backbone_weights="imagenet21k")  # kept as given, but the scratch encoder loads nothing
+    assert scratch.backbone_weights == "imagenet21k" and scratch.encoder_spec().weights is None
+    assert CaptionConfig.from_json(scratch.to_json()) == scratch
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -315,8 +317,8 @@ def test_a_pinned_digest_of_the_vit_weights_is_checked_when_the_model_loads_them
     # to the loader, whichever ViT runs it. (A ViT of the official architecture, small, stands in for ViT-B/32.)
     import hashlib
 
-    from minicap.vit_weights import VIT_VARIANTS
-    from photo_stand_ins import write_vit_weights
+    from minicap.config import VIT_VARIANTS
+    from tests.support.photo_stand_ins import write_vit_weights
 
     if implementation == "vit-keras":
         require("vit_keras", "vit-keras (the optional 'vit' extra) is not installed")

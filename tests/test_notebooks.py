@@ -1,7 +1,7 @@
 """The book's notebooks: their structure, and their execution with papermill.
 
 nbval executes every notebook with its own parameters on TensorFlow (``python3 tools/dev.py test``), and the
-rendered book reuses those executions (tests/notebook_cache.py). The papermill runs here test what nbval does
+rendered book reuses those executions (tests/support/notebook_cache.py). The papermill runs here test what nbval does
 not, so that no execution repeats another:
 
 - chapters 1-4 on the JAX backend (the GPU machine's backend, which has no TensorFlow);
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from tests.support import require
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -127,7 +127,7 @@ def test_chapters_one_to_four_execute_on_jax(path, monkeypatch):
 def photos_data(tmp_path_factory):
     """Flickr8k stand-in archives and a ViT-B/32 stand-in weights file served on 127.0.0.1 (the ViT file as
     ``$MINICAP_VIT_MIRROR``), and an empty KERAS_HOME for the weights to be downloaded into."""
-    from photo_stand_ins import SMALL_PHOTOS, serve, write_flickr8k, write_vit_b_weights
+    from tests.support.photo_stand_ins import SMALL_PHOTOS, serve, write_flickr8k, write_vit_b_weights
 
     root = tmp_path_factory.mktemp("photos")
     digests, _ = write_flickr8k(root / "mirror")
@@ -201,7 +201,7 @@ def test_the_photos_notebook_goes_from_the_archives_to_a_captioned_photo(photos_
 def test_the_book_executes_every_page_but_the_photos_notebook():
     """The photos notebook needs downloads that no machine building the book can make: its page is rendered
     unexecuted (its metadata turns myst-nb's execution off), nbval leaves it out, and the page says so."""
-    import dev
+    from tools import dev
 
     executed = dev.executed_notebooks()
     assert "book/your_photos.ipynb" not in executed

@@ -4,7 +4,7 @@ import keras
 
 from minicap.composition import ColourShapePatchEncoder
 from minicap.patches import ConvPatchEncoder, PatchEncoder, Patches
-from layer_checks import check_layer
+from tests.support.layer_checks import check_layer
 
 
 def test_patches_known_values():

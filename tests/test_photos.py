@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require
-from photo_stand_ins import (SMALL_PHOTOS, install_vit_weights, serve, write_caption_folder, write_flickr8k,
+from tests.support import require
+from tests.support.photo_stand_ins import (SMALL_PHOTOS, install_vit_weights, serve, write_caption_folder, write_flickr8k,
                              write_vit_b_weights)
 
 ROOT = Path(__file__).resolve().parent.parent

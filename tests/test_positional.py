@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from layer_checks import check_layer
+from tests.support.layer_checks import check_layer
 from minicap.positional import (
     PositionEmbedding, SinusoidalPositionEncoding, sinusoidal_encoding, sinusoidal_encoding_2d,
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import rehearse_photos
+from tools import rehearse_photos
 from minicap.data.flickr8k import read_split_file, read_token_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def test_the_pages_quote_the_full_size_rehearsal_as_it_measured():
     for page in rehearse_photos.QUOTING_PAGES:
         assert rehearse_photos.quoted_blocks(page_text(page)) == [block], (
             f"{page} does not quote {rehearse_photos.QUOTED_REPORT.name} as it is: run "
-            f"python tools/rehearse_photos.py --update-pages")
+            f"python -m tools.rehearse_photos --update-pages")
     assert "estimate" in block and "not measurements" in block
 
 
@@ -69,9 +69,9 @@ def test_the_rehearsal_runs_the_whole_photos_path_and_reports_it(tmp_path):
     # A few photos at 64 pixels: the same path, the real ViT-B/32, in a process of its own (it sets KERAS_HOME).
     output = tmp_path / "report.json"
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "rehearse_photos.py"), "--images", "14", "--set", "image_size=64",
+        [sys.executable, "-m", "tools.rehearse_photos", "--images", "14", "--set", "image_size=64",
          "--set", "batch_size=8", "--output", str(output)],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=900)
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=900, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(output.read_text())
     phases = report["phases"]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_RUN
+from tests.support import TINY_RUN
 from minicap.config import profile
 from minicap.train import train
 from minicap.checkpoint import Checkpointer, save_model_atomic
@@ -31,7 +31,7 @@ from minicap.model import load_captioner
 from minicap.text import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = TINY_RUN  # the settings of the run_dir fixture (tests/conftest.py), a finished tiny training run
+TINY = TINY_RUN  # the tiny training run's settings (tests/support)
 
 
 def test_one_pixel_image_is_resized(tmp_path):

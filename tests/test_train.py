@@ -16,17 +16,10 @@ from minicap.config import profile, PROFILES, TrainConfig
 from minicap.data.datasets import load_split
 from minicap.model import CaptionModel
 from minicap.train import feature_cache_dir, load_run, make_batches, run_config, train, train_or_load
-
-# Eagerly: these tests check the trainer's logic, and for a model this small a step run op by op is faster than
-# tracing a graph (on TensorFlow, 4.5 s against 7.9 s per run on a 2-core CPU). Compiled steps train in the
-# notebooks, the photos tests, the bench and the two-device tests.
-TINY = dict(num_train=48, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
-            num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=2,
-            warmup_steps=5, checkpoint_every=2, run_eagerly=True)
-
+from tests.support import TINY_RUN
 
 def tiny(**overrides):
-    return profile("quick", **{**TINY, **overrides})
+    return profile("quick", **{**TINY_RUN, **overrides})
 
 
 class Crash(Exception):
@@ -174,7 +167,7 @@ def test_backbones_with_other_weights_never_share_cached_features(tmp_path):
     from minicap.data.features import list_feature_caches
     from minicap.vit import PretrainedViT
     from minicap.text import Tokenizer
-    from photo_stand_ins import write_caption_folder, write_vit_weights
+    from tests.support.photo_stand_ins import write_caption_folder, write_vit_weights
 
     config = profile("photos", dataset=str(write_caption_folder(tmp_path / "photos", count=3)),
                              data_dir=str(tmp_path / "data"), image_size=32)
@@ -276,7 +269,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def _cli_train(run_dir, *extra, kill_at_step=None):
-    settings = [f"--set={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in TINY.items()]
+    settings = [f"--set={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in TINY_RUN.items()]
     program = ["-m", "minicap.cli"] if kill_at_step is None else ["-c", KILLED_AT_STEP.format(step=kill_at_step)]
     command = [sys.executable, *program, "train", "-o", str(run_dir), *settings, "--set=epochs=3", *extra]
     # Unbuffered, so that what a killed process printed is not lost with it.
@@ -333,7 +326,7 @@ def test_train_or_load_returns_the_runs_own_settings_and_refuses_another_profile
     trained = train(tiny(epochs=1), tmp_path / "run", verbose=0)
     assert trained.config.profile == "quick"
     loaded = train_or_load(tiny(epochs=1), tmp_path / "run")
-    assert loaded.config == trained.config and loaded.config.model.image_size == TINY["image_size"]
+    assert loaded.config == trained.config and loaded.config.model.image_size == TINY_RUN["image_size"]
     assert run_config(tmp_path / "run") == trained.config
     with pytest.raises(ValueError, match="holds a run of the 'quick' profile, not of 'photos'"):
         train_or_load("photos", tmp_path / "run")
@@ -400,8 +393,8 @@ def test_a_resumed_fine_tuning_run_keeps_the_backbone_it_trained(tmp_path, monke
     # freeze_backbone=False: the pretrained ViT trains, so a checkpoint must hold it; a resumed run must continue
     # from its trained weights, not from the pretrained file. (A ViT of the official architecture, small, stands in
     # for ViT-B/32 under its name.)
-    from minicap.vit_weights import VIT_VARIANTS
-    from photo_stand_ins import write_caption_folder, write_vit_weights
+    from minicap.config import VIT_VARIANTS
+    from tests.support.photo_stand_ins import write_caption_folder, write_vit_weights
 
     small = dict(patch_size=8, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32)
     monkeypatch.setitem(VIT_VARIANTS, "vit-b32", small)
@@ -421,3 +414,16 @@ def test_a_resumed_fine_tuning_run_keeps_the_backbone_it_trained(tmp_path, monke
     assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(trained, pretrained))  # the backbone did train
     for ours, expected in zip(resumed.model.encoder.get_weights(), trained):
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_directory_written_before_the_settings_moved_still_loads(tmp_path):
+    # A finished run of an earlier minicap: its train_config.json has no extract_dir yet, and its scratch model's
+    # backbone_weights were written as None (today a scratch encoder ignores the field). It loads, trains nothing.
+    trained = train(tiny(epochs=1), tmp_path / "run", verbose=0)
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    del saved["extract_dir"]
+    saved["model"]["backbone_weights"] = None
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps(saved))
+    loaded = train_or_load(tiny(epochs=1), tmp_path / "run", verbose=0)
+    assert loaded.loaded and loaded.config.extract_dir == "" and loaded.config.model.encoder_spec().weights is None
+    assert loaded.model.config.encoder_spec() == trained.model.config.encoder_spec()

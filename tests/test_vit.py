@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import require
-from layer_checks import check_layer
+from tests.support import require
+from tests.support.layer_checks import check_layer
 from minicap.vit_keras import ViTBackbone
 from minicap.vit import (PretrainedViT, load_official_weights, official_layout, pretrained_vit,
                          resize_position_embeddings)
-from photo_stand_ins import official_shapes, write_vit_weights
+from tests.support.photo_stand_ins import official_shapes, write_vit_weights
 
 # A small ViT in the official architecture (ViT-B has the same structure: 12 layers of width 768).
 SMALL = dict(patch_size=8, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32)

@@ -9,10 +9,11 @@ import socket
 
 import pytest
 
-from conftest import require
+from tests.support import require
 from minicap import vit_weights
-from minicap.vit_weights import GITHUB_RELEASE_URL, VIT_WEIGHTS, weights_file, weights_file_name
-from photo_stand_ins import serve
+from minicap.config import VIT_WEIGHTS
+from minicap.vit_weights import GITHUB_RELEASE_URL, weights_file, weights_file_name
+from tests.support.photo_stand_ins import serve
 
 # Independent of Keras's backend: runs once, on the default one.
 pytestmark = pytest.mark.single_backend

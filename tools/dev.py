@@ -76,7 +76,7 @@ def test(pytest_args=()):
     """The whole suite, in three lanes that run side by side, each a sequence of pytest runs:
 
     - **notebooks**: nbval executes every notebook on TensorFlow with its own parameters and stores them in
-      jupyter-book's cache for the book command (tests/notebook_cache.py). It trains two models (chapter 5's
+      jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two models (chapter 5's
       and the appendix's), the longest part of the suite, so it runs at normal priority. Then the photos path
       end to end (tests/test_photos.py);
     - **TensorFlow**: the package tests on TensorFlow;
@@ -98,7 +98,7 @@ def test(pytest_args=()):
     long each part took and the CPU time it used. Fails (exit status 1) if any part fails.
     """
     python = setup()
-    base = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.notebook_cache", "--durations=10",
+    base = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.support.notebook_cache", "--durations=10",
             *pytest_args]
     package = "not notebook and not browser"
     # nbval executes a fresh copy of the book (as the book command does), so that no run a reader left in
@@ -317,7 +317,7 @@ def book():
 
     The notebooks are executed through jupyter-book's cache (``_build/.jupyter_cache``): a notebook
     whose code has not changed since its last execution is not run again. The test suite's nbval
-    run stores the notebooks it executed there (tests/notebook_cache.py), so after
+    run stores the notebooks it executed there (tests/support/notebook_cache.py), so after
     ``python3 tools/dev.py test`` the book reuses them; on a machine where the tests never ran, the
     cache is empty and the build executes every chapter itself.
     """

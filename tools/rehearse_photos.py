@@ -23,12 +23,12 @@ each phase takes the longer of its compute (FLOPs / (peak x an assumed utilisati
 per training step) and of what the CPU must do for it, measured here (decoding JPEGs in the loader's one
 thread; building a batch of cached features). The assumptions are arguments, and the report prints them.
 
-    python tools/rehearse_photos.py                  # Flickr8k's size: 8,091 photos (about 40 minutes on 2 cores)
-    python tools/rehearse_photos.py --images 400     # a fraction, the same path (a few minutes)
+    python -m tools.rehearse_photos                  # Flickr8k's size: 8,091 photos (about 10 minutes on 2 cores)
+    python -m tools.rehearse_photos --images 400     # a fraction, the same path (a few minutes)
 
 The JSON report (``--output``, default ``_build/rehearsal/photos-<images>.json``) names the machine; the book
-quotes ``tools/measured/rehearse_photos.json``, the full-size report. Runs in a clone of the repository: it
-uses the stand-in writers of ``tests/photo_stand_ins.py``.
+quotes ``tools/measured/rehearse_photos.json``, the full-size report. Runs in a clone of the repository, from its
+root: it uses the stand-in writers of the tests.
 """
 import argparse
 import contextlib
@@ -47,32 +47,27 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if __name__ == "__main__":  # run as a script: the minicap of this checkout, and quiet TensorFlow
-    sys.path.insert(1, str(ROOT))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+from PIL import Image
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from minicap.config import model_config, parse_overrides, profile
+from minicap.data.datasets import load_data, scoring_split
+from minicap.data.download import fetch
+from minicap.data.features import list_feature_caches
+from minicap.data.flickr8k import ARCHIVES, IMAGE_DIRECTORY, SPLIT_FILES, TOKEN_FILE
+from minicap.data.images import load_image
+from minicap.data.pipeline import CaptionBatches
+from minicap.evaluate import evaluate_caption_set
+from minicap.model import CaptionModel
+from minicap.text import Tokenizer
+from minicap.train import cached_backbone_features, feature_cache_dir, train
+from minicap.vit_weights import weights_file_name
+from tests.support.photo_stand_ins import COLOURS, SUBJECTS, serve, write_vit_b_weights
+from tools.bench.device import PEAK_TFLOPS
+from tools.bench.flops import decoder_flops, encoder_flops
 
-from bench_device import PEAK_TFLOPS  # noqa: E402
-from bench_stock import decoder_flops  # noqa: E402
-from minicap.cli import parse_overrides  # noqa: E402
-from minicap.config import model_config, profile  # noqa: E402
-from minicap.data.datasets import load_data, scoring_split  # noqa: E402
-from minicap.data.download import fetch  # noqa: E402
-from minicap.data.features import list_feature_caches  # noqa: E402
-from minicap.data.flickr8k import ARCHIVES, SPLIT_FILES, TOKEN_FILE, IMAGE_DIRECTORY  # noqa: E402
-from minicap.data.images import load_image  # noqa: E402
-from minicap.data.pipeline import CaptionBatches  # noqa: E402
-from minicap.evaluate import evaluate_caption_set  # noqa: E402
-from minicap.model import CaptionModel  # noqa: E402
-from minicap.text import Tokenizer  # noqa: E402
-from minicap.train import cached_backbone_features, feature_cache_dir, train  # noqa: E402
-from minicap.vit_weights import VIT_VARIANTS, weights_file_name  # noqa: E402
-from tests.photo_stand_ins import COLOURS, SUBJECTS, serve, write_vit_b_weights  # noqa: E402
-
+ROOT = Path(__file__).resolve().parent.parent  # the clone: tools/rehearse_photos.py
 FLICKR8K_IMAGES = 8091
 FLICKR8K_SPLITS = {"train": 6000, "dev": 1000, "test": 1000}  # the other 91 photos are in no split list
 CAPTIONS_PER_IMAGE = 5
@@ -255,7 +250,7 @@ def rehearse(images, work, epochs=1, seed=0, overrides=None, log=print):
     """Build the stand-ins for ``images`` photos in ``work`` and run the photos path; return the report."""
     work = Path(work)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-              "command": " ".join(["python", "tools/rehearse_photos.py", *sys.argv[1:]]), "phases": {}}
+              "command": " ".join(["python", "-m", "tools.rehearse_photos", *sys.argv[1:]]), "phases": {}}
     with phase(report, "stand-ins written (not part of the path)", log) as entry:
         digests, held = write_archives(work / "mirror", images, seed, log)
         vit_file = weights_file_name("vit-b32", "imagenet21k+imagenet2012")
@@ -359,17 +354,6 @@ def rehearse(images, work, epochs=1, seed=0, overrides=None, log=print):
 # Estimates for Colab's GPUs
 # ---------------------------------------------------------------------------------------------
 
-def vit_flops(variant="vit-b32", image_size=224):
-    """Matmul FLOPs of one image through a ViT-B: the patch embedding, then per layer the Q, K, V, O
-    projections, the attention scores and weighted sum, and the MLP, over the patches and the class token."""
-    architecture = VIT_VARIANTS[variant]
-    width, hidden, patch = architecture["hidden_size"], architecture["mlp_dim"], architecture["patch_size"]
-    patches = (image_size // patch) ** 2
-    tokens = patches + 1
-    layer = 4 * 2 * tokens * width * width + 2 * 2 * tokens * tokens * width + 2 * 2 * tokens * width * hidden
-    return 2 * patches * patch * patch * 3 * width + architecture["num_layers"] * layer
-
-
 def estimate(report, assumed=ASSUMED):
     """Times on Colab's GPUs, estimated from the report's counts and this machine's CPU-side measurements, for
     each set of ``assumed`` figures (an optimistic and a pessimistic one)."""
@@ -381,7 +365,7 @@ def estimate(report, assumed=ASSUMED):
     decode_rate = phases["JPEG decoding alone (one thread, as the loader)"]["images_per_second"]
     batch_seconds = phases["input pipeline: a batch of cached features"]["ms_per_batch"] / 1e3
     step_flops = 3 * decoder_flops(model_config(config, report["data"]["vocabulary"], 0)) * config.batch_size
-    image_flops = vit_flops(config.model.backbone, config.model.image_size)
+    image_flops = encoder_flops(config.model)  # the ViT-B/32, its class token included
     epochs, steps = training["profile_epochs"], training["steps_per_epoch"]
     overheads = "/".join(f"{a['step_overhead_ms']:g}" for a in assumed.values())
     fractions = ", ".join(f"{a['vit_utilisation']:.0%}/{a['decoder_utilisation']:.0%}" for a in assumed.values())
@@ -397,9 +381,8 @@ def estimate(report, assumed=ASSUMED):
     # GPU memory: the weights (float32), the gradients and Adam's two moments of the trainable ones, and the
     # largest activations of a batch of photos through the ViT (its MLP's hidden layer, kept twice: in and out).
     model_phase = phases["model: ViT-B/32 weights downloaded and loaded"]
-    architecture = VIT_VARIANTS[config.model.backbone]
-    tokens = config.model.num_patches + 1
-    activations = 2 * config.batch_size * tokens * architecture["mlp_dim"] * 4
+    spec = config.model.encoder_spec()
+    activations = 2 * config.batch_size * (spec.num_patches + 1) * spec.mlp_dim * 4
     estimates["gpu_memory_gib"] = round((4 * model_phase["parameters"] + 12 * model_phase["trainable_parameters"]
                                          + activations) / 2 ** 30, 2)
     combine = {True: max, False: lambda a, b: a + b}
@@ -500,7 +483,7 @@ def quote(report):
         f"{_minutes(phases['evaluation: test split, greedy']['seconds'])} greedy and "
         f"{_minutes(phases['evaluation: test split, beam 5']['seconds'])} with beam search on the rehearsal's CPU.",
         "",
-        f"Measured with `python tools/rehearse_photos.py` ({report['date'][:10]}; {data['images']:,} stand-in photos "
+        f"Measured with `python -m tools.rehearse_photos` ({report['date'][:10]}; {data['images']:,} stand-in photos "
         f"and {data['captions']:,} captions, the real ViT-B/32 on stand-in weights; {machine['cpu']}, "
         f"{machine['cores']} cores, Keras {machine['keras']} on {machine['backend']}, float32). The GPU columns "
         f"are estimates, not measurements: {estimates['how']}.",
@@ -547,7 +530,7 @@ def _replace_block(text, block, page):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python tools/rehearse_photos.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.rehearse_photos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=FLICKR8K_IMAGES,
                         help=f"photos in the stand-in archives (default {FLICKR8K_IMAGES:,}, Flickr8k's)")

@@ -13,12 +13,12 @@ those digests only when the user gives others explicitly (e.g. a re-packed mirro
 """
 import os
 
+from minicap.config import DATASETS, DOWNLOADED_DATASETS
 from minicap.data.coco import load_coco
 from minicap.data.flickr8k import ARCHIVES, load_flickr8k
 from minicap.data.folder import load_caption_folder
 from minicap.data.shapes import make_shapes
 
-DATASETS = ("flickr8k", "coco")
 COCO_ARCHIVES = {"annotations": "annotations_trainval2014.zip", "karpathy": "caption_datasets.zip",
                  "train2014": "train2014.zip", "val2014": "val2014.zip"}
 
@@ -44,7 +44,7 @@ def load_real_split(config, split, image_size=None):
     base, hashes = config.data_url, dict(config.data_hashes or {})
     known = {"flickr8k": ARCHIVES, "coco": COCO_ARCHIVES}.get(config.dataset)
     if known is None:
-        raise ValueError(f"unknown dataset {config.dataset!r}; choose 'shapes', one of {DATASETS}, or a folder path")
+        raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {list(DATASETS)}, or a folder path")
     unknown = sorted(set(hashes) - set(known))
     if unknown:
         raise ValueError(f"data_hashes for {config.dataset} name unknown archives {unknown}; known: {sorted(known)}")
@@ -60,7 +60,7 @@ def load_real_split(config, split, image_size=None):
 def resolve_dataset(value):
     """The ``dataset`` setting for ``value``: a built-in data set's name as it is, else the absolute path of an
     existing folder (or CSV file) of captioned images; anything else is a ValueError naming it."""
-    if value in ("shapes",) + DATASETS:
+    if value in DATASETS:
         return value
     path = os.path.abspath(os.path.expanduser(os.fspath(value)))
     if not os.path.exists(path):
@@ -77,7 +77,7 @@ def scoring_split(config, split=None, image_size=None):
     if config.dataset == "shapes":
         raise ValueError("shapes scenes are scored on new scenes drawn for the purpose (minicap.data.shapes."
                          "make_shapes), not on a split of files")
-    if config.dataset in DATASETS:
+    if config.dataset in DOWNLOADED_DATASETS:
         split = split or "test"
         return split, load_real_split(config, split, image_size)
     split = split or "val"
@@ -102,6 +102,6 @@ def load_split(config, split):
             raise ValueError(f"shapes runs have a train and a val split, not {split!r}")
         count, seed = (config.num_train, config.seed) if split == "train" else (config.num_val, config.seed + 1)
         return make_shapes(count, split=split, seed=seed, image_size=image_size, max_objects=config.max_objects)
-    if config.dataset in DATASETS:
+    if config.dataset in DOWNLOADED_DATASETS:
         return load_real_split(config, split)
     return load_caption_folder(config.dataset, split, image_size=image_size)

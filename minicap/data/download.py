@@ -14,6 +14,8 @@ import zipfile
 
 from tqdm.auto import tqdm
 
+from minicap.config import parse_hash
+
 # Replaced in tests (or by a proxy-aware opener); any callable like urllib.request.urlopen works.
 urlopen = urllib.request.urlopen
 _CHUNK = 1 << 20
@@ -25,19 +27,6 @@ def default_cache_dir():
         return os.environ["MINICAP_DATA"]
     keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
     return os.path.join(keras_home, "datasets", "minicap")
-
-
-def parse_hash(file_hash):
-    """``(algorithm, hex digest)`` from ``"sha256:..."``, ``"md5:..."`` or a bare hex digest."""
-    if file_hash is None:
-        return None
-    algorithm, _, digest = file_hash.rpartition(":")
-    algorithm = algorithm or {32: "md5", 64: "sha256"}.get(len(digest), "")
-    if algorithm not in ("md5", "sha256") or not all(c in "0123456789abcdefABCDEF" for c in digest):
-        raise ValueError(
-            f"file_hash must be 'sha256:<64 hex digits>' or 'md5:<32 hex digits>' (or the bare digest), got {file_hash!r}"
-        )
-    return algorithm, digest.lower()
 
 
 def file_digest(path, algorithm="sha256"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import unavailable  # tests/conftest.py: skip locally, fail under CI
+from tests.support import unavailable  # tests/conftest.py: skip locally, fail under CI
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = Path(os.environ.get("MINICAP_BOOK_HTML", ROOT / "_build" / "html"))  # the built book

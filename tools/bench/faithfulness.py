@@ -1,4 +1,4 @@
-"""Time to 95% faithfulness, the last figure of ``minicap bench``: how long until the captions are right?
+"""Time to 95% faithfulness, the last figure of ``python -m tools.bench``: how long until the captions are right?
 
 The quick profile trained by ``minicap.train.train`` while a callback captions 300 validation scenes greedily
 every few hundred steps; the first training time (evaluations left out) at which 95% of the captions are
@@ -12,7 +12,8 @@ import time
 import keras
 
 from minicap.data.datasets import load_data
-from minicap.train import make_batches, mixed_precision_dtype, train
+from minicap.distribute import mixed_precision_dtype
+from minicap.train import make_batches, train
 from minicap.training import resolve_jit_compile
 
 
@@ -60,7 +61,7 @@ class FaithfulnessCurve(keras.callbacks.Callback):
         seconds, paused = self.training_seconds(), time.perf_counter()
         if self.generator is None:
             tokenizer = self.tokenizer
-            self.generator = Generator(self.model, tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+            self.generator = Generator.from_tokenizer(self.model, tokenizer)
         captions = self.tokenizer.decode_batch(self.generator.greedy(self.images))
         rate = faithfulness_rate(captions, self.scenes)
         self.points.append({"step": self.steps, "seconds": seconds, "faithfulness": rate})

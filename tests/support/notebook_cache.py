@@ -1,6 +1,6 @@
 """A pytest plugin: the notebooks nbval executes go into jupyter-book's execution cache.
 
-``python3 tools/dev.py test`` loads it (``-p tests.notebook_cache``). When every code cell of a
+``python3 tools/dev.py test`` loads it (``-p tests.support.notebook_cache``). When every code cell of a
 notebook has passed, the notebook, with the outputs nbval collected, is stored in
 ``_build/.jupyter_cache`` under the hash jupyter-book gives the notebook's code (jupyter-cache's own
 ``cache_notebook_bundle``). ``python3 tools/dev.py book`` then finds it there and does not execute it
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 # jupyter-book's cache for a build with --path-output at the repository root ($MINICAP_JUPYTER_CACHE in tests).
-CACHE = Path(os.environ.get("MINICAP_JUPYTER_CACHE") or Path(__file__).resolve().parent.parent / "_build" / ".jupyter_cache")
+CACHE = Path(os.environ.get("MINICAP_JUPYTER_CACHE") or Path(__file__).resolve().parents[2] / "_build" / ".jupyter_cache")
 
 _runs = {}  # notebook path -> {"cells": code cells, "passed": set of passed cell numbers, "failed": bool, ...}
 

@@ -1,24 +1,25 @@
-"""``minicap bench``: how fast minicap trains and decodes, on this machine, in one command.
+"""The whole benchmark: how fast minicap trains and decodes, on this machine, in one command (in a clone of
+the repository, from its root)::
 
-    python tools/bench.py --quick       # or `minicap bench --quick` in a clone of the repository
+    python -m tools.bench --quick
 
 Every figure comes from timings taken here, written to one JSON report and printed as a table
-(:mod:`bench_report`):
+(:mod:`tools.bench.report`):
 
 1. **The quick profile's training step** with XLA on and off, on TensorFlow and JAX (each backend
    in a process of its own), and the **input pipeline's share** of that step
-   (:mod:`bench_train`); ``training.JIT_BY_BACKEND`` follows these numbers.
+   (:mod:`tools.bench.training`); ``minicap.training.JIT_BY_BACKEND`` follows these numbers.
 2. **The feature cache**: the photos profile's frozen ViT-B/32 run at every step against its
-   features computed once (:mod:`bench_train`).
+   features computed once (:mod:`tools.bench.training`).
 3. **minicap against stock Keras**: images per second and MFU of a training step, of the quick
-   profile's model and of ViT-B/32 (:mod:`bench_stock`).
-4. **Decoding**: captions per second, cached and naive greedy, beam search (:mod:`bench_stock`).
+   profile's model and of ViT-B/32 (:mod:`tools.bench.stock`).
+4. **Decoding**: captions per second, cached and naive greedy, beam search (:mod:`tools.bench.decoding`).
 5. **Time to 95% faithfulness**: the quick profile trained by ``minicap.train.train`` until 95% of its
-   greedy captions of 300 validation scenes are faithful (:mod:`bench_faithfulness`).
+   greedy captions of 300 validation scenes are faithful (:mod:`tools.bench.faithfulness`).
 
 ``--quick`` (the CI run) keeps every part small and leaves the ViT-B/32 ones out on a CPU. The peak
 FLOP/s behind MFU comes from ``--peak-tflops``, else from a table by GPU name, else (a CPU) from a
-float32 matmul measured on this machine (:mod:`bench_device`), and the JSON says which.
+float32 matmul measured on this machine (:mod:`tools.bench.device`), and the JSON says which.
 """
 import argparse
 import datetime
@@ -26,26 +27,21 @@ import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: the minicap of this checkout, and quiet TensorFlow
-    sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import bench_faithfulness  # noqa: E402
-import bench_train  # noqa: E402
-from bench_device import device_info, peak_flops, resolve_policy  # noqa: E402
-from bench_report import format_table, training_step_summary  # noqa: E402
-from bench_stock import (VIT_B32_BATCH_SIZES, bench_decoding, bench_pipeline, bench_training,  # noqa: E402
-                         quick_config, vit_b32_config)
-from minicap.cli import UserError, parse_overrides  # noqa: E402
-from minicap.data.shapes import make_shapes  # noqa: E402
-from minicap.text import Tokenizer  # noqa: E402
-from minicap.config import profile  # noqa: E402
-from minicap.training import resolve_jit_compile  # noqa: E402
+from minicap.config import parse_overrides, profile
+from minicap.data.shapes import make_shapes
+from minicap.text import Tokenizer
+from minicap.training import resolve_jit_compile
+from tools.bench import faithfulness, training
+from tools.bench.decoding import bench_decoding
+from tools.bench.device import device_info, peak_flops, resolve_policy
+from tools.bench.flops import quick_config, vit_b32_config
+from tools.bench.pipeline import bench_pipeline
+from tools.bench.report import format_table, training_step_summary
+from tools.bench.stock import VIT_B32_BATCH_SIZES, bench_training
 
 # ---------------------------------------------------------------------------------------------
 # The whole run
@@ -55,7 +51,7 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         steps=None, repeats=None, decode_batch=None, skip_vit=None, backends=None, overrides=None,
         skip_feature_cache=None, skip_faithfulness=False, faithfulness_every=None, faithfulness_budget=None,
         log=print):
-    """Run every benchmark; return the report (a JSON-ready dict, see ``minicap bench --help``).
+    """Run every benchmark; return the report (a JSON-ready dict, see ``python -m tools.bench --help``).
 
     Args:
         quick: the CI run: small batches, few steps, the quick profile's step with the default XLA
@@ -98,9 +94,9 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
     current = keras.backend.backend()
     if backends is None:
         backends = [current] if quick else [b for b in ("tensorflow", "jax") if importlib.util.find_spec(b)]
-    unknown = [b for b in backends if b not in bench_train.JIT_SETTINGS]
+    unknown = [b for b in backends if b not in training.JIT_SETTINGS]
     if unknown or not backends:
-        raise ValueError(f"backends must name some of {sorted(bench_train.JIT_SETTINGS)}, got {backends!r}")
+        raise ValueError(f"backends must name some of {sorted(training.JIT_SETTINGS)}, got {backends!r}")
     steps = steps or (3 if quick else 10)
     repeats = repeats or (1 if quick else 3)
     step_options = dict(num_scenes=256 if quick else 1024, steps=steps, repeats=repeats, precision=precision,
@@ -111,7 +107,7 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         if backend != current:
             log(f"training step: quick profile on {backend} (subprocess)")
             try:
-                records += bench_train.in_subprocess(backend, "training_step",
+                records += training.in_subprocess(backend, "training_step",
                                                      {"settings": settings.to_dict(), **step_options}, log)
             except RuntimeError as error:  # one backend's failure does not cost the other figures
                 log(str(error))
@@ -126,19 +122,18 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         context = {"backend": current, "device": device["name"], "dtype_policy": policy, "peak_flops": peak}
         if current in backends:
             log(f"training step: quick profile on {current}; input pipeline")
-            records += bench_train.bench_training_step(settings, **step_options)
+            records += training.bench_training_step(settings, **step_options)
         records = [{**record, "peak_flops": peak} for record in records]  # the subprocesses' too
         if skip_feature_cache is None:
             skip_feature_cache = quick and device["kind"] == "cpu"
         if skip_feature_cache:
-            skipped.append({"figure": "feature_cache", "config": "photos",
-                            "reason": "skipped: two ViT-B/32 models (88M parameters) to build and compile "
-                                      "(run minicap bench without --quick, or on a GPU)"})
+            skipped.append(_skipped("feature_cache", "photos",
+                                    "two ViT-B/32 models (88M parameters) to build and compile"))
         else:
             sizes = dict(batch_size=2, steps=1, image_steps=1, repeats=1) if quick else dict(steps=10, image_steps=1,
                                                                                               repeats=3)
             log(f"feature cache: photos profile on cached features and on images, {sizes}")
-            records.append({**bench_train.bench_feature_cache(profile("photos"), jit=jit, precision=precision,
+            records.append({**training.bench_feature_cache(profile("photos"), jit=jit, precision=precision,
                                                               **sizes), "peak_flops": peak})
         shapes = make_shapes(256 if quick else 1024, image_size=settings.model.image_size,
                              max_objects=settings.max_objects)
@@ -150,9 +145,7 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
         if skip_vit is None:
             skip_vit = quick and device["kind"] == "cpu"
         if skip_vit:
-            skipped.append({"figure": "training", "config": "vit-b32",
-                            "reason": "skipped: 113M parameters take seconds per step on a CPU "
-                                      "(run minicap bench without --quick, or on a GPU)"})
+            skipped.append(_skipped("training", "vit-b32", "113M parameters take seconds per step on a CPU"))
         else:
             vit = vit_b32_config()
             vit_sizes = vit_batch_sizes or VIT_B32_BATCH_SIZES["gpu" if device["kind"] == "gpu" else "cpu"]
@@ -187,7 +180,7 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
                               max_seconds=faithfulness_budget or 900)
             log(f"time to 95% faithfulness: quick profile, greedy captions of {target['num_scenes']} validation "
                 f"scenes every {target['every']} steps (minutes)")
-            records.append({**bench_faithfulness.time_to_faithfulness(log=log, **target), "device": device["name"],
+            records.append({**faithfulness.time_to_faithfulness(log=log, **target), "device": device["name"],
                             "peak_flops": peak})
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -202,11 +195,15 @@ def run(quick=False, precision="auto", jit="auto", peak_tflops=None, batch_sizes
     }
 
 
-
-
 # ---------------------------------------------------------------------------------------------
-# The command line: `python tools/bench.py` and `minicap bench`, which hands its arguments here
+# The command line: python -m tools.bench
 # ---------------------------------------------------------------------------------------------
+
+def _skipped(figure, config, why):
+    """The record of a figure left out, and why (what a full run on a GPU would measure)."""
+    return {"figure": figure, "config": config,
+            "reason": f"skipped: {why} (run python -m tools.bench without --quick, or on a GPU)"}
+
 
 def _batch_sizes(text):
     """``(8, 16)`` of ``"8,16"``; None for None."""
@@ -217,11 +214,11 @@ def _batch_sizes(text):
     except ValueError:
         values = ()
     if not values or min(values) < 1:
-        raise UserError(f"batch sizes must be positive integers separated by commas, got {text!r}")
+        raise ValueError(f"batch sizes must be positive integers separated by commas, got {text!r}")
     return values
 
 
-def build_parser(prog="minicap bench"):
+def build_parser(prog="python -m tools.bench"):
     parser = argparse.ArgumentParser(
         prog=prog, description="Time training (XLA on/off per backend, input pipeline, feature cache, time to 95% "
                                "faithfulness, vs stock Keras, MFU) and decoding; write JSON.")
@@ -261,7 +258,7 @@ def build_parser(prog="minicap bench"):
     return parser
 
 
-def main(argv=None, prog="minicap bench"):
+def main(argv=None, prog="python -m tools.bench"):
     """Run the benchmarks that ``argv`` asks for, print the table, write the JSON; 2 for a bad setting."""
     args = build_parser(prog).parse_args(argv)
     try:
@@ -278,12 +275,9 @@ def main(argv=None, prog="minicap bench"):
         with open(args.output, "w", encoding="utf-8") as file:
             json.dump(report, file, indent=1)
             file.write("\n")
-    except (UserError, ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     print(f"results written to {args.output}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python tools/bench.py"))

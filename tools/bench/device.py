@@ -1,4 +1,4 @@
-"""What every benchmark of ``minicap bench`` names: the device it ran on, its dtype policy, and the peak
+"""What every benchmark of ``python -m tools.bench`` names: the device it ran on, its dtype policy, and the peak
 FLOP/s that MFU divides by.
 
 The peak comes from ``--peak-tflops``, else from ``PEAK_TFLOPS`` by GPU name, else (a CPU) from a
@@ -11,6 +11,8 @@ import time
 
 import keras
 from keras import ops
+
+from minicap.distribute import mixed_precision_dtype
 
 # Dense bfloat16 peak of common GPUs, in TFLOP/s (float16 for the T4, which has no fast bfloat16).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
@@ -43,8 +45,6 @@ def device_info():
 def resolve_policy(precision, device):
     """The dtype policy for ``precision``: "float32", "mixed" (bfloat16, or float16 on pre-Ampere
     GPUs) or "auto" (mixed on a GPU, float32 on a CPU, where bfloat16 matmuls are rarely faster)."""
-    from minicap.train import mixed_precision_dtype
-
     if precision not in ("auto", "float32", "mixed"):
         raise ValueError(f"precision must be 'auto', 'float32' or 'mixed', got {precision!r}")
     if precision == "auto":

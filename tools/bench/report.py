@@ -1,4 +1,4 @@
-"""The report of ``minicap bench`` as text: one section per question, from the JSON's records.
+"""The report of ``python -m tools.bench`` as text: one section per question, from the JSON's records.
 
 ``training_step_summary`` is also the report's ``training_step_ms`` field.
 """

@@ -1,13 +1,13 @@
-"""Benchmarks of training as ``minicap train`` runs it: the middle of ``minicap bench``.
+"""Benchmarks of training as ``minicap train`` runs it: the middle of ``python -m tools.bench``.
 
 Three questions, answered on this machine with the profiles of :mod:`minicap.config` (the fourth, how
-long until the captions are right, is :mod:`bench_faithfulness`'s):
+long until the captions are right, is :mod:`tools.bench.faithfulness`'s):
 
 1. **Which XLA setting is fastest, on which backend?** The quick profile's training step, as
    ``minicap.train.train`` takes it (``model.fit`` over the profile's ``CaptionBatches``, compiled by
    ``compile_model``), with XLA on and off. Keras fixes its backend once per process, so each
-   backend other than the current one runs in a subprocess (``python tools/bench_train.py``) and
-   its records are merged. ``training.JIT_BY_BACKEND``, the "auto" setting, follows these numbers.
+   backend other than the current one runs in a subprocess (``python -m tools.bench.training``) and
+   its records are merged. ``minicap.training.JIT_BY_BACKEND``, the "auto" setting, follows these numbers.
 2. **Does the input pipeline keep up?** The time to produce one batch (``CaptionBatches[i]``) as a
    share of a whole step. ``fit`` reads a ``PyDataset`` of one worker in the training thread,
    before each step, so the step time includes it.
@@ -15,7 +15,6 @@ long until the captions are right, is :mod:`bench_faithfulness`'s):
    small decoder) trained on cached backbone features ``(batch, 49, 768)`` against trained on images,
    where the ViT runs at every step; and the one-off cost of computing the features.
 """
-import dataclasses
 import json
 import math
 import os
@@ -26,19 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # a subprocess of in_subprocess: quiet TensorFlow before Keras loads it
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+from minicap.config import TrainConfig, model_config
+from minicap.model import CaptionModel
+from minicap.train import make_batches
+from minicap.training import compile_model, resolve_jit_compile
+from tools.bench.device import context_of_this_process
+from tools.bench.flops import decoder_flops, encoder_flops
 
-import minicap  # noqa: E402
-from bench_device import context_of_this_process  # noqa: E402
-from bench_stock import decoder_flops, encoder_flops, vit_b32_config  # noqa: E402
-from minicap.config import model_config, TrainConfig  # noqa: E402
-from minicap.train import make_batches  # noqa: E402
-from minicap.model import CaptionModel  # noqa: E402
-from minicap.training import compile_model, resolve_jit_compile  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the clone: tools/bench/training.py
 
 FLICKR8K_TRAIN_IMAGES = 6000  # the photos profile's data set: 6,000 training images ...
 FLICKR8K_REFERENCES = 5  # ... of 5 captions each; an epoch shows every caption once (469 steps of 64)
@@ -111,6 +108,7 @@ def time_fits(runs, repeats=1, warmup=1):
 
 
 def _compile(model, settings, jit):
+    """``compile_model`` with the training settings of ``settings`` (a TrainConfig)."""
     return compile_model(model, model.config.pad_id, settings.warmup_steps, settings.lr_scale,
                          settings.label_smoothing, jit_compile=jit, weight_decay=settings.weight_decay)
 
@@ -182,14 +180,13 @@ def in_subprocess(backend, function, options, log=print):
                          f"{sorted(name for name in JIT_SETTINGS if importlib.util.find_spec(name))}")
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "records.json"
-        package_root = str(Path(minicap.__file__).resolve().parents[1])  # this process's minicap, installed or not
-        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-        environment = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": path,
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # the clone's tools, minicap
+        environment = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3",
                        "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # JAX: no 75% of a GPU's memory up front
-        command = [sys.executable, str(Path(__file__).resolve()), function, json.dumps(options), str(output)]
-        log(f"  {backend}: {' '.join(command[:3])} ...")
+        command = [sys.executable, "-m", "tools.bench.training", function, json.dumps(options), str(output)]
+        log(f"  {backend}: {' '.join(command[:4])} ...")
         done = subprocess.run(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                              text=True, cwd=ROOT)
         if done.returncode:
             raise RuntimeError(f"the {backend} subprocess failed (status {done.returncode}):\n{done.stdout[-3000:]}")
         return json.loads(output.read_text())
@@ -244,8 +241,7 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=1, repe
     cached, uncached = statistics.median(timings["cached"]), statistics.median(timings["images"])
     # The ceiling of the ratio: a step on images adds the ViT's forward pass (no backward: it is frozen)
     # to the decoder's training step (forward and backward, about 3 forward passes).
-    vit = dataclasses.replace(vit_b32_config(), patch_size=config.encoder_patch_size, image_size=config.image_size)
-    backbone_flops, decoder_training_flops = encoder_flops(vit), 3 * decoder_flops(config)
+    backbone_flops, decoder_training_flops = encoder_flops(config), 3 * decoder_flops(config)
     epoch_steps = math.ceil(FLICKR8K_TRAIN_IMAGES * FLICKR8K_REFERENCES / batch_size)
     epochs = settings.epochs
     cached_run = feature_seconds * FLICKR8K_TRAIN_IMAGES + epochs * epoch_steps * cached
@@ -271,7 +267,7 @@ def bench_feature_cache(settings, batch_size=None, steps=10, image_steps=1, repe
 SUBPROCESS_FUNCTIONS = {"training_step": bench_training_step}
 
 
-if __name__ == "__main__":  # python tools/bench_train.py FUNCTION OPTIONS_JSON OUTPUT_JSON (in_subprocess)
+if __name__ == "__main__":  # python -m tools.bench.training FUNCTION OPTIONS_JSON OUTPUT_JSON (in_subprocess)
     name, options, output = sys.argv[1:]
     records = SUBPROCESS_FUNCTIONS[name](**json.loads(options))
     Path(output).write_text(json.dumps(records, indent=1) + "\n")

@@ -175,7 +175,7 @@ def write_vit_weights(path, patch_size, hidden_size, num_layers, num_heads, mlp_
 def write_vit_b_weights(path, variant="vit-b32", weights="imagenet21k+imagenet2012"):
     """Random ViT-B weights in an official file at ``path`` (the official files are for 224 pixels); return
     ``"sha256:<digest>"`` of the file."""
-    from minicap.vit_weights import VIT_VARIANTS
+    from minicap.config import VIT_VARIANTS
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

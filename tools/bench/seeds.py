@@ -7,9 +7,11 @@ scenes (unseen colour-and-shape pairs) greedily, and prints a row per seed: trai
 faithfulness rates, the held-out errors by kind and, on a second line, the validation errors by kind. The
 last lines give the worst and the mean.
 
-    python tools/bench_seeds.py                          # quick profile, seeds 0-4, 300 scenes per split
-    python tools/bench_seeds.py --seeds 0 1 --set epochs=8 --set num_heads=2
-    python tools/bench_seeds.py --checks                 # also what chapters 5 and 6 assert, per seed
+    python -m tools.bench.seeds                          # quick profile, seeds 0-4, 300 scenes per split
+    python -m tools.bench.seeds --seeds 0 1 --set epochs=8 --set num_heads=2
+    python -m tools.bench.seeds --checks                 # also what chapters 5 and 6 assert, per seed
+
+(in a clone of the repository, from its root).
 
 ``--checks`` adds, per seed, the quantities the book's chapters assert about a trained model, so that each
 assertion can be checked to hold for every seed with a margin: the untrained model's faithfulness, the first
@@ -19,23 +21,15 @@ and last epochs' validation loss, BLEU-4 and CIDEr-D of the trained and the untr
 Each run trains in a temporary directory.
 """
 import argparse
-import os
-import sys
 import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from minicap.config import profile  # noqa: E402
-from minicap.train import train  # noqa: E402
-from minicap.cli import UserError, parse_overrides  # noqa: E402
-from minicap.data.faithfulness import check_caption  # noqa: E402
-from minicap.data.shapes import make_shapes  # noqa: E402
-from minicap.evaluate import evaluate_shapes  # noqa: E402
+from minicap.config import parse_overrides, profile
+from minicap.data.faithfulness import check_caption
+from minicap.data.shapes import make_shapes
+from minicap.evaluate import evaluate_shapes
+from minicap.train import train
 
 
 def faithfulness(result, config, split, num, seed):
@@ -72,7 +66,7 @@ def chapter_checks(result, config, num, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.seeds", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--checks", action="store_true", help="also print what chapters 5 and 6 assert")
@@ -82,7 +76,7 @@ def main(argv=None):
     try:
         overrides = parse_overrides(args.set)
         profile(args.profile, **overrides)  # unknown profile or setting: say so before training
-    except (UserError, ValueError) as error:
+    except ValueError as error:
         parser.error(str(error))
     print(f"profile {args.profile!r}, overrides {overrides or 'none'}; {args.num} scenes per split")
     print(f"{'seed':>4} {'seconds':>8} {'validation':>11} {'held-out':>9}  held-out errors")

@@ -4,25 +4,18 @@ Both layers sit in the same one-layer model (self-attention, then a mean squared
 same way by ``model.compile``; each timing is ``train_on_batch`` (forward, backward and an SGD update
 of the same number of weights), after warm-up, median over repeats.
 
-    python tools/bench_attention.py                      # TensorFlow, CPU, the default sizes
-    python tools/bench_attention.py --jit --causal       # XLA-compiled, with a causal mask
-    KERAS_BACKEND=jax python tools/bench_attention.py
+    python -m tools.bench.attention                      # TensorFlow, CPU, the default sizes
+    python -m tools.bench.attention --jit --causal       # XLA-compiled, with a causal mask
+    KERAS_BACKEND=jax python -m tools.bench.attention
 """
 import argparse
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import keras
+import numpy as np
 
-import numpy as np  # noqa: E402
-import keras  # noqa: E402
-
-from minicap.attention import MultiHeadAttention, causal_mask  # noqa: E402
+from minicap.attention import MultiHeadAttention, causal_mask
 
 
 def build_model(kind, length, dim, heads, causal, jit):
