@@ -11,6 +11,8 @@ import math
 import keras
 from keras import ops
 
+__all__ = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "MultiHeadAttention"]
+
 # Masked scores are replaced (not offset) by this before the softmax. The softmax runs in
 # float32 (see `scaled_dot_product_attention`), so the value is finite there; the seed's
 # `scores += mask * -1e9` overflowed to -inf in float16 and turned fully masked rows into NaN.
@@ -28,6 +30,11 @@ def causal_mask(query_length, key_length=None, offset=0):
 
     Returns:
         Boolean tensor of shape ``(query_length, key_length)``, True where attention is allowed.
+
+    Example:
+        >>> # row i: the keys that query i may attend to
+        >>> keras.ops.convert_to_numpy(causal_mask(3)).astype(int).tolist()
+        [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     """
     if key_length is None:
         key_length = query_length + offset
@@ -40,6 +47,10 @@ def padding_mask(tokens, pad_id=0):
     """Key mask that hides padding: ``(batch, length)`` tokens -> ``(batch, 1, length)`` booleans.
 
     The middle axis broadcasts over the queries, so every query ignores the padded keys.
+
+    Example:
+        >>> keras.ops.convert_to_numpy(padding_mask(np.array([[5, 7, 0]]))).astype(int)
+        array([[[1, 1, 0]]])
     """
     if len(ops.shape(tokens)) != 2:
         raise ValueError(f"padding_mask expects tokens of shape (batch, length), got {ops.shape(tokens)}")
@@ -78,6 +89,13 @@ def scaled_dot_product_attention(query, key, value, mask=None):
         ``(output, weights)``: output ``(..., query_length, value_depth)`` in the dtype of
         ``value``; weights ``(..., query_length, key_length)``, each row summing to 1, or to 0
         for a query that may attend to nothing (its output is then 0, never NaN).
+
+    Example:
+        >>> query, key = keras.random.normal((2, 3, 8)), keras.random.normal((2, 4, 8))
+        >>> value = keras.random.normal((2, 4, 16))
+        >>> output, weights = scaled_dot_product_attention(query, key, value)
+        >>> tuple(output.shape), tuple(weights.shape)
+        ((2, 3, 16), (2, 3, 4))
     """
     depth = ops.shape(query)[-1]
     if ops.shape(key)[-1] != depth:
@@ -146,11 +164,12 @@ class MultiHeadAttention(keras.layers.Layer):
         output is the output projection's bias), never NaN, in float16 and bfloat16 too.
 
     Example:
-    >>> attention = MultiHeadAttention(model_dim=64, num_heads=4)
-    >>> words, patches = keras.random.normal((2, 5, 64)), keras.random.normal((2, 16, 64))
-    >>> output, weights = attention(words, patches, return_attention_scores=True)
-    >>> tuple(output.shape), tuple(weights.shape)
-    ((2, 5, 64), (2, 4, 5, 16))
+        >>> attention = MultiHeadAttention(model_dim=64, num_heads=4)
+        >>> words = keras.random.normal((2, 5, 64))
+        >>> patches = keras.random.normal((2, 16, 64))
+        >>> output, weights = attention(words, patches, return_attention_scores=True)
+        >>> tuple(output.shape), tuple(weights.shape)
+        ((2, 5, 64), (2, 4, 5, 16))
     """
 
     def __init__(self, model_dim, num_heads, dropout=0.0, use_bias=True,
@@ -226,7 +245,13 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def attend(self, query, key_heads, value_heads, attention_mask=None,
                return_attention_scores=False, training=None):
-        """Attention of ``query`` (not yet projected) over already projected key/value heads."""
+        """Attention of ``query`` (not yet projected) over already projected key/value heads.
+
+        ``query`` is ``(batch, query_length, model_dim)``; ``key_heads`` and ``value_heads`` are
+        ``(batch, key_length, num_heads, head_dim)``, as ``split_heads`` of the key and value projections returns
+        them (the decoder's cache keeps them so). Returns the output ``(batch, query_length, model_dim)``, and with
+        ``return_attention_scores`` also the weights ``(batch, num_heads, query_length, key_length)``.
+        """
         query_heads = self.split_heads(self.query_dense(query))  # (B, Tq, H, Dh)
         mask = _check_mask(attention_mask, ops.shape(key_heads)[1])
         if mask is not None:

@@ -15,25 +15,30 @@ This module imports nothing of minicap and no Keras: the layers read its tables,
 import dataclasses
 import json
 
-# How the scratch encoder turns an image into patch vectors: the stem's name, the module and the layer class that
-# implement it (``minicap.encoder.make_patch_stem`` imports the module; the colour-shape stem is the appendix's).
+__all__ = ["CaptionConfig", "EncoderSpec", "TrainConfig", "PROFILES", "profile", "model_config", "parse_overrides",
+           "parse_hash", "PATCH_STEMS", "VIT_VARIANTS", "VIT_WEIGHTS", "VIT_IMPLEMENTATIONS", "DATASETS"]
+
+#: How the scratch encoder turns an image into patch vectors: the stem's name, the module and the layer class that
+#: implement it (``minicap.encoder.make_patch_stem`` imports the module; the colour-shape stem is the appendix's).
 PATCH_STEMS = {
     "linear": ("minicap.patches", "PatchEncoder"),  # ViT: a Dense projection of the pixels (chapter 1)
     "colour-shape": ("minicap.composition", "ColourShapePatchEncoder"),  # the composition appendix's prior
     "conv": ("minicap.patches", "ConvPatchEncoder"),  # a small convolutional stem (chapter 1)
 }
-# The pretrained ViT-B variants (ViT-Base: 12 layers of width 768), and the official weights they come with.
+#: The pretrained ViT-B variants (ViT-Base: 12 layers of width 768), by name: their architecture.
 VIT_VARIANTS = {
     "vit-b16": dict(patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
     "vit-b32": dict(patch_size=32, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
 }
-VIT_WEIGHTS = ("imagenet21k+imagenet2012", "imagenet21k")  # ImageNet-21k, then fine-tuned on ImageNet-2012 or not
-# Which code runs a pretrained ViT: minicap's own layers (minicap.vit) or the article's library (minicap.vit_keras).
+#: The official weights of the variants: pretrained on ImageNet-21k, then fine-tuned on ImageNet-2012, or not.
+VIT_WEIGHTS = ("imagenet21k+imagenet2012", "imagenet21k")
+#: Which code runs a pretrained ViT: minicap's own layers (minicap.vit) or the article's library (minicap.vit_keras).
 VIT_IMPLEMENTATIONS = ("minicap", "vit-keras")
 BACKBONES = ("scratch",) + tuple(VIT_VARIANTS)
 # The built-in data sets: drawn on the spot (shapes) or downloaded on demand (the others); any other
 # ``dataset`` is the path of a folder (or CSV file) of the reader's own captioned images.
 DOWNLOADED_DATASETS = ("flickr8k", "coco")
+#: The built-in data sets' names (a ``dataset`` setting may also be the path of a folder of captioned images).
 DATASETS = ("shapes",) + DOWNLOADED_DATASETS
 
 
@@ -52,7 +57,12 @@ def parse_hash(file_hash):
 
 def parse_overrides(items):
     """``{name: value}`` of ``NAME=VALUE`` settings (``--set`` on the command line): numbers, true/false and JSON as
-    JSON, anything else a string. A ValueError names an item without ``=``."""
+    JSON, anything else a string. A ValueError names an item without ``=``.
+
+    Example:
+        >>> parse_overrides(["epochs=3", "backbone=vit-b32", "freeze_backbone=false"])
+        {'epochs': 3, 'backbone': 'vit-b32', 'freeze_backbone': False}
+    """
     overrides = {}
     for item in items or []:
         key, _, value = str(item).partition("=")
@@ -116,7 +126,15 @@ PRETRAINED_ONLY = ("backbone_weights", "backbone_weights_hash", "vit_implementat
 
 @dataclasses.dataclass
 class CaptionConfig:
-    """Every size of a ``CaptionModel``, in one place."""
+    """Every size of a ``CaptionModel``, in one place.
+
+    Example:
+        >>> config = CaptionConfig(vocab_size=30, image_size=64, patch_size=8, model_dim=32,
+        ...                        num_heads=4)
+        >>> spec = config.encoder_spec()
+        >>> spec.kind, spec.width, spec.num_patches
+        ('scratch', 32, 64)
+    """
 
     # number of token ids, including [PAD], [START], [END] and [UNK]; None in a training profile,
     # where the tokenizer fitted on the training captions decides it
@@ -262,6 +280,7 @@ class CaptionConfig:
         return self.encoder_spec().num_patches
 
     def to_dict(self):
+        """The settings as a plain dict of names to values (JSON types only)."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -270,18 +289,22 @@ class CaptionConfig:
         return _from_dict(cls, values, "CaptionConfig fields")
 
     def to_json(self):
+        """The settings as indented JSON text, as ``config.json`` stores them."""
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text):
+        """A CaptionConfig from JSON text (see :meth:`from_dict`)."""
         return cls.from_dict(json.loads(text))
 
     def save(self, path):
+        """Write the settings to the JSON file ``path`` (replacing it)."""
         with open(path, "w", encoding="utf-8") as file:
             file.write(self.to_json() + "\n")
 
     @classmethod
     def load(cls, path):
+        """A CaptionConfig read from the JSON file ``path`` that :meth:`save` wrote."""
         with open(path, encoding="utf-8") as file:
             return cls.from_json(file.read())
 
@@ -346,6 +369,7 @@ class TrainConfig:
         return self.model.pretrained and self.model.freeze_backbone and self.cache_features
 
     def to_dict(self):
+        """The settings as a nested dict (the model's settings under ``"model"``), JSON types only."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -371,6 +395,7 @@ class TrainConfig:
         return dataclasses.replace(self, model=model, **train_values)
 
 
+#: The named training settings, by name: ``profile(name, **overrides)`` returns one, changed.
 PROFILES = {
     # A small ViT from scratch on the shapes scenes, on a CPU in minutes: 72-pixel images in 12-pixel patches (a
     # 6 x 6 grid) embedded by a convolutional stem, the 2-D positions added again at the encoder's output, 2
@@ -410,7 +435,13 @@ PROFILES = {
 
 
 def profile(name, **overrides):
-    """The named profile's TrainConfig with ``overrides`` applied (see :meth:`TrainConfig.replace`)."""
+    """The named profile's TrainConfig with ``overrides`` applied (see :meth:`TrainConfig.replace`).
+
+    Example:
+        >>> settings = profile("quick", epochs=3, model_dim=128)
+        >>> settings.epochs, settings.model.model_dim, settings.dataset
+        (3, 128, 'shapes')
+    """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return dataclasses.replace(PROFILES[name], profile=name).replace(**overrides)

@@ -26,6 +26,8 @@ from minicap.attention import MultiHeadAttention, causal_mask, padding_mask
 from minicap.encoder import NORM_EPSILON, FeedForward
 from minicap.positional import SinusoidalPositionEncoding
 
+__all__ = ["DecoderLayer", "Decoder"]
+
 
 def _slice_update_positions(cache, new, index):
     """Write ``new`` ``(B, t, ...)`` into ``cache`` ``(B, L, ...)`` at position ``index`` along axis 1."""
@@ -60,6 +62,13 @@ class DecoderLayer(keras.layers.Layer):
         ``(batch, length, model_dim)``, or ``(output, self_weights, cross_weights)``.
 
     For generation, ``init_cache`` and ``step`` run the same layer one position at a time.
+
+    Example:
+        >>> layer = DecoderLayer(model_dim=32, num_heads=4, mlp_dim=64)
+        >>> words = keras.random.normal((2, 6, 32))
+        >>> patches = keras.random.normal((2, 16, 32))
+        >>> tuple(layer(words, patches).shape)
+        (2, 6, 32)
     """
 
     def __init__(self, model_dim, num_heads, mlp_dim, dropout=0.0, **kwargs):
@@ -202,6 +211,13 @@ class Decoder(keras.layers.Layer):
 
     Returns:
         ``(batch, length, model_dim)``, or ``(hidden, attention_scores)``.
+
+    Example:
+        >>> decoder = Decoder(vocab_size=30, max_length=6, model_dim=32, num_layers=2,
+        ...                   num_heads=4, mlp_dim=64)
+        >>> tokens = np.array([[1, 5, 7, 2, 0, 0], [1, 9, 2, 0, 0, 0]])
+        >>> tuple(decoder(tokens, keras.random.normal((2, 16, 32))).shape)
+        (2, 6, 32)
     """
 
     def __init__(self, vocab_size, max_length, model_dim, num_layers, num_heads, mlp_dim, dropout=0.0, pad_id=0,

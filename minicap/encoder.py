@@ -23,7 +23,9 @@ from minicap.config import PATCH_STEMS
 from minicap.patches import Patches, check_image_shape
 from minicap.positional import sinusoidal_encoding_2d
 
-# Layer norm epsilon of ViT (and of vit-keras).
+__all__ = ["FeedForward", "EncoderLayer", "VisionEncoder", "make_patch_stem", "patch_stem_class", "NORM_EPSILON"]
+
+#: Layer norm epsilon of ViT (and of vit-keras), in every layer norm of the encoder and decoder.
 NORM_EPSILON = 1e-6
 
 @keras.saving.register_keras_serializable(package="minicap")
@@ -37,6 +39,11 @@ class FeedForward(keras.layers.Layer):
 
     Call arguments:
         inputs: ``(batch, length, model_dim)``.
+
+    Example:
+        >>> block = FeedForward(model_dim=32, mlp_dim=128)
+        >>> tuple(block(keras.random.normal((2, 16, 32))).shape)
+        (2, 16, 32)
     """
 
     def __init__(self, model_dim, mlp_dim, dropout=0.0, **kwargs):
@@ -84,6 +91,11 @@ class EncoderLayer(keras.layers.Layer):
 
     Returns:
         ``(batch, patches, model_dim)``, or ``(output, weights)``.
+
+    Example:
+        >>> layer = EncoderLayer(model_dim=32, num_heads=4, mlp_dim=128)
+        >>> tuple(layer(keras.random.normal((2, 16, 32))).shape)
+        (2, 16, 32)
     """
 
     def __init__(self, model_dim, num_heads, mlp_dim, dropout=0.0, **kwargs):
@@ -182,6 +194,12 @@ class VisionEncoder(keras.layers.Layer):
 
     Returns:
         ``(batch, num_patches, model_dim)`` with ``num_patches = (image_size / patch_size)²``.
+
+    Example:
+        >>> encoder = VisionEncoder(image_size=64, patch_size=16, model_dim=32,
+        ...                         num_layers=2, num_heads=4, mlp_dim=64)
+        >>> tuple(encoder(keras.random.uniform((2, 64, 64, 3))).shape)  # 4 x 4 patches
+        (2, 16, 32)
     """
 
     def __init__(self, image_size, patch_size, model_dim, num_layers, num_heads, mlp_dim, dropout=0.0,

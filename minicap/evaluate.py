@@ -15,6 +15,9 @@ from minicap.data.faithfulness import check_caption
 from minicap.generate import Generator
 from minicap.metrics import cider_d, corpus_bleu
 
+__all__ = ["evaluate_shapes", "evaluate_caption_set", "cross_attention", "reference_grounding", "grounding_score",
+           "object_patches", "patch_overlap"]
+
 def patch_overlap(mask, patch_size):
     """Fraction of each patch's pixels that ``mask`` covers.
 
@@ -25,6 +28,12 @@ def patch_overlap(mask, patch_size):
     Returns:
         float array ``(height / P, width / P)``; entry ``[r, c]`` belongs to patch ``r * (width / P) + c``
         in the row-major order of :class:`minicap.patches.Patches`.
+
+    Example:
+        >>> mask = np.zeros((8, 8), bool)
+        >>> mask[0:4, 0:2] = True  # half of patch 0 of a 2 x 2 grid
+        >>> patch_overlap(mask, patch_size=4).tolist()
+        [[0.5, 0.0], [0.0, 0.0]]
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -49,6 +58,18 @@ def object_patches(mask, patch_size, min_overlap=0.25):
     A patch is on the object when the object covers at least ``min_overlap`` of the patch's pixels,
     or when it is the patch holding most of the object (so that an object smaller than
     ``min_overlap`` of a patch still has one patch to be found on).
+
+    Args:
+        mask: the object's boolean mask ``(height, width)``, both divisible by ``patch_size``.
+
+    Returns:
+        Boolean array ``(height / patch_size * width / patch_size,)``, True on the object's patches.
+
+    Example:
+        >>> mask = np.zeros((8, 8), bool)
+        >>> mask[0:3, 0:3] = True  # most of patch 0 of a 2 x 2 grid
+        >>> object_patches(mask, patch_size=4).tolist()
+        [True, False, False, False]
     """
     if not 0 < min_overlap <= 1:
         raise ValueError(f"min_overlap must be a fraction in (0, 1], got {min_overlap!r}")
@@ -79,9 +100,18 @@ def grounding_score(attention, mentions, masks, image_size, patch_size, min_over
         min_overlap: the fraction of a patch an object must cover for the patch to be on it.
 
     Returns:
-        ``{"grounding": fraction of mentions grounded, "chance": mean over mentions of the
-        fraction of patches on the object (what a uniformly random peak would score),
-        "mentions": number of mentions}``; both fractions are NaN when there are no mentions.
+        a dict: ``"grounding"``, the fraction of mentions grounded; ``"chance"``, the mean over mentions of the
+        fraction of patches on the object (what a uniformly random peak would score); ``"mentions"``, the number
+        of mentions. Both fractions are NaN when there are no mentions.
+
+    Example:
+        >>> masks = np.zeros((1, 1, 8, 8), bool)  # one caption, one object
+        >>> masks[0, 0, 0:4, 0:4] = True  # the object is patch 0 of a 2 x 2 grid
+        >>> attention = [np.array([[0.1, 0.7, 0.1, 0.1],  # word 0 over the 4 patches
+        ...                        [0.7, 0.1, 0.1, 0.1]])]  # word 1
+        >>> mentions = [[(1, 0)]]  # word 1 names object 0
+        >>> grounding_score(attention, mentions, masks, image_size=8, patch_size=4)
+        {'grounding': 1.0, 'chance': 0.25, 'mentions': 1}
     """
     size = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
     if len(size) != 2:
@@ -114,7 +144,7 @@ def grounding_score(attention, mentions, masks, image_size, patch_size, min_over
                                  "covers no pixel, so no patch can show it")
             on_object = object_patches(object_masks[object_index], patch_size, min_overlap)
             grounded += bool(on_object[np.argmax(weights[word_index])])
-            chance += on_object.mean()
+            chance += float(on_object.mean())
             count += 1
     if not count:
         return {"grounding": float("nan"), "chance": float("nan"), "mentions": 0}
@@ -130,6 +160,16 @@ def cross_attention(model, images, tokens, layer="mean"):
         tokens: decoder input tokens ``(batch, T)``; row ``t`` of the result is where the model
             looks while writing the word that follows ``tokens[:, t]``.
         layer: a decoder layer index (negative counts from the last), or ``"mean"`` over layers.
+
+    Example:
+        >>> from minicap.model import CaptionConfig, CaptionModel
+        >>> config = CaptionConfig(vocab_size=30, max_length=6, image_size=32, patch_size=8,
+        ...                        model_dim=32, num_heads=2, mlp_dim=64)
+        >>> model = CaptionModel(config)
+        >>> images, tokens = np.zeros((2, 32, 32, 3), "float32"), np.ones((2, 6), "int32")
+        >>> weights = cross_attention(model, images, tokens)  # 6 positions over 16 patches
+        >>> weights.shape, bool(np.allclose(weights.sum(axis=-1), 1.0))  # rows sum to 1
+        ((2, 6, 16), True)
     """
     layers = model.attention_scores(images, tokens)["cross"]  # per layer (B, heads, T, N)
     layers = [np.asarray(ops.convert_to_numpy(weights), dtype="float32").mean(axis=1) for weights in layers]
@@ -182,6 +222,14 @@ def reference_grounding(model, tokenizer, data, batch_size=100, layer="mean"):
 
     Unlike the grounding of generated captions, this scores every model on the same words, so an
     untrained model, whose own captions name no object, gets a score too.
+
+    Args:
+        data: a :class:`minicap.data.shapes.ShapesData` (images ``(N, size, size, 3)`` uint8, and the scenes
+            whose masks say where each object is).
+        layer: the decoder layer whose cross-attention ``(batch, words, patches)`` is read, or ``"mean"``.
+
+    Returns:
+        A dict of floats, as :func:`grounding_score` returns it.
     """
     attention, mentions, masks = [], [], []
     length = model.config.max_length

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+__all__ = ["Generator", "caption"]
+
 
 def _compile(function, model):
     """Compile ``function`` with the backend's JIT; PyTorch runs it eagerly.
@@ -98,6 +100,16 @@ class Generator:
     Each method takes float images ``(batch, H, W, 3)`` in [0, 1] (or a pretrained backbone's cached
     features ``(batch, num_patches, feature_dim)``) and returns int32 tokens ``(batch, max_length + 1)``:
     ``[START]``, the caption, ``[END]`` if it ended, then padding.
+
+    Example:
+        >>> from minicap.model import CaptionConfig, CaptionModel
+        >>> config = CaptionConfig(vocab_size=30, max_length=6, image_size=32, patch_size=8,
+        ...                        model_dim=32, num_heads=2, mlp_dim=64)
+        >>> model = CaptionModel(config)
+        >>> generator = Generator(model, start_id=1, end_id=2, pad_id=0)
+        >>> images = np.zeros((2, 32, 32, 3), "float32")
+        >>> generator.greedy(images).shape  # [START] and up to 6 words
+        (2, 7)
     """
 
     def __init__(self, model, start_id, end_id, pad_id=0, max_length=None):
@@ -162,7 +174,8 @@ class Generator:
         return methods[method](images, **options)
 
     def greedy(self, images, cached=True, reencode=True):
-        """The most likely word at every step.
+        """The most likely word at every step: images ``(batch, size, size, 3)`` -> token ids
+        ``(batch, max_length + 1)``, the start token first, padding after the end token.
 
         ``cached=False`` re-runs the model over the whole prefix at every step (the naive decoder, to
         check and measure the cache); with ``reencode=False`` that naive decoder computes the encoder's
@@ -173,7 +186,9 @@ class Generator:
                          lambda x: self._decode_loop(x, None, cached, 1.0, 0, reencode), images)
 
     def sample(self, images, temperature=1.0, top_k=0, seed=0, cached=True):
-        """A word drawn from softmax(logits / temperature), among the ``top_k`` likeliest (0: all)."""
+        """A word drawn from softmax(logits / temperature), among the ``top_k`` likeliest (0: all): images
+        ``(batch, size, size, 3)`` -> token ids ``(batch, max_length + 1)``, as :meth:`greedy`; ``seed`` fixes the
+        draws."""
         images = _check_images(self.model, images)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}; use greedy() for temperature 0")
@@ -186,7 +201,8 @@ class Generator:
                          lambda x, n: self._decode_loop(x, n, cached, temperature, top_k), images, noise)
 
     def beam_search(self, images, beam_width=5, length_penalty=0.6, cached=True):
-        """Keep the ``beam_width`` likeliest prefixes; return the best finished caption per image.
+        """Keep the ``beam_width`` likeliest prefixes; return the best finished caption per image: images
+        ``(batch, size, size, 3)`` -> token ids ``(batch, max_length + 1)``, as :meth:`greedy`.
 
         Captions are ranked by total log-probability divided by ((5 + length) / 6) ** length_penalty
         (Wu et al., 2016): 0 ranks by raw probability, which favours short captions.
@@ -235,6 +251,19 @@ class Generator:
 
 
 def caption(model, tokenizer, images, method="greedy", **options):
-    """Captions (strings) for float images ``(batch, H, W, 3)``, written by ``method`` (see ``Generator.decode``)."""
+    """Captions (strings) for float images ``(batch, H, W, 3)``, written by ``method`` (see ``Generator.decode``).
+
+    Example:
+        >>> from minicap.model import CaptionConfig, CaptionModel
+        >>> from minicap.text import Tokenizer
+        >>> tokenizer = Tokenizer.fit(["a red circle", "a blue square"])
+        >>> config = CaptionConfig(vocab_size=len(tokenizer), max_length=6, image_size=32,
+        ...                        patch_size=8, model_dim=32, num_heads=2, mlp_dim=64)
+        >>> model = CaptionModel(config)  # untrained: it writes any words of its vocabulary
+        >>> images = np.zeros((2, 32, 32, 3), "float32")
+        >>> captions = caption(model, tokenizer, images, method="beam", beam_width=3)
+        >>> len(captions), all(isinstance(text, str) for text in captions)
+        (2, True)
+    """
     generator = Generator.from_tokenizer(model, tokenizer)
     return tokenizer.decode_batch(generator.decode(images, method, **options))

@@ -18,6 +18,8 @@ import numpy as np
 
 from minicap.text import standardize
 
+__all__ = ["corpus_bleu", "cider_d", "tokenize", "ngram_counts"]
+
 # The official BLEU scorer adds these to every numerator and denominator: an n-gram order that
 # matches nothing then contributes (0 + 1e-15) / (guesses + 1e-9) instead of log(0).
 BLEU_TINY = 1e-15
@@ -85,6 +87,13 @@ def corpus_bleu(candidates, references, max_order=4):
 
     Returns:
         ``{"bleu1": ..., ..., f"bleu{max_order}": ...}``, floats in [0, 1].
+
+    Example:
+        >>> references = [["a red circle left of a blue square",
+        ...                 "a blue square right of a red circle"]]
+        >>> scores = corpus_bleu(["a red circle left of a blue square"], references)
+        >>> round(scores["bleu1"], 3), round(scores["bleu4"], 3)
+        (1.0, 1.0)
     """
     _check_max_order(max_order)
     candidates, references = _tokenized_corpus(candidates, references)
@@ -147,6 +156,13 @@ def cider_d(candidates, references, sigma=6.0):
     Returns:
         the corpus CIDEr-D, a float in [0, 10]. A candidate of four or more words equal to each of
         its references scores 10, unless all its n-grams of some order occur in every image.
+
+    Example:
+        >>> captions = ["a red circle", "a blue square"]
+        >>> references = [["a red circle", "a small red circle"],
+        ...               ["a blue square", "a large blue square"]]
+        >>> 0.0 < cider_d(captions, references) <= 10.0
+        True
     """
     if not sigma > 0:
         raise ValueError(f"sigma must be a positive number of words (COCO uses 6.0), got {sigma!r}")

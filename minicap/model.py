@@ -23,6 +23,8 @@ from minicap.encoder import VisionEncoder
 from minicap.text import Tokenizer
 from minicap.vit import pretrained_vit
 
+__all__ = ["CaptionModel", "load_captioner", "check_model_file"]
+
 @keras.saving.register_keras_serializable(package="minicap")
 class CaptionModel(keras.Model):
     """Encoder (scratch ViT or pretrained ViT-B) + Dense projection + decoder + a float32 vocabulary head.
@@ -49,6 +51,14 @@ class CaptionModel(keras.Model):
     Returns:
         float32 logits ``(batch, length, vocab_size)``: at position ``i``, the scores of the token
         that follows ``tokens[:, :i+1]``.
+
+    Example:
+        >>> config = CaptionConfig(vocab_size=30, max_length=6, image_size=32, patch_size=8,
+        ...                        model_dim=32, num_heads=2, mlp_dim=64)
+        >>> model = CaptionModel(config)
+        >>> images, tokens = keras.random.uniform((2, 32, 32, 3)), np.ones((2, 6), "int32")
+        >>> tuple(model((images, tokens)).shape)  # the next word's logits at every position
+        (2, 6, 30)
     """
 
     def __init__(self, config, load_backbone_weights=True, **kwargs):

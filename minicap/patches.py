@@ -11,10 +11,17 @@ from keras import ops
 
 from minicap.positional import PositionEmbedding
 
+__all__ = ["Patches", "PatchEncoder", "ConvPatchEncoder", "check_image_shape"]
+
 
 def check_image_shape(shape, patch_size):
     """Raise a ValueError naming the problem if ``shape`` is not ``(batch, H, W, C)`` with H and W
-    divisible by ``patch_size``; return ``(H // patch_size, W // patch_size)``."""
+    divisible by ``patch_size``; return ``(H // patch_size, W // patch_size)``.
+
+    Example:
+        >>> check_image_shape((None, 224, 224, 3), 32)
+        (7, 7)
+    """
     if len(shape) != 4:
         raise ValueError(
             f"expected images of shape (batch, height, width, channels), got a {len(shape)}-D "
@@ -50,9 +57,9 @@ class Patches(keras.layers.Layer):
         ``(batch, num_patches, P * P * channels)`` with ``num_patches = (height/P)·(width/P)``.
 
     Example:
-    >>> images = keras.random.uniform((1, 128, 128, 3))
-    >>> tuple(Patches(16)(images).shape)
-    (1, 64, 768)
+        >>> images = keras.random.uniform((1, 128, 128, 3))
+        >>> tuple(Patches(16)(images).shape)
+        (1, 64, 768)
     """
 
     def __init__(self, patch_size, **kwargs):
@@ -102,6 +109,11 @@ class PatchEncoder(keras.layers.Layer):
 
     Returns:
         ``(batch, num_patches, projection_dim)``.
+
+    Example:
+        >>> patches = Patches(16)(keras.random.uniform((2, 64, 64, 3)))  # (2, 16, 768)
+        >>> tuple(PatchEncoder(num_patches=16, projection_dim=32)(patches).shape)
+        (2, 16, 32)
     """
 
     # As a patch stem of ``VisionEncoder`` (chapter 4): it reads the flattened patches of centred pixels.
@@ -167,6 +179,11 @@ class ConvPatchEncoder(keras.layers.Layer):
 
     Returns:
         ``(batch, num_patches, projection_dim)``.
+
+    Example:
+        >>> stem = ConvPatchEncoder(image_size=64, patch_size=8, projection_dim=32)
+        >>> tuple(stem(keras.random.uniform((2, 64, 64, 3))).shape)
+        (2, 64, 32)
     """
 
     # As a patch stem of ``VisionEncoder`` (chapter 4): it reads the whole image, centred.

@@ -12,6 +12,8 @@ import numbers
 import keras
 from keras import ops
 
+__all__ = ["sinusoidal_encoding", "sinusoidal_encoding_2d", "SinusoidalPositionEncoding", "PositionEmbedding"]
+
 
 def _check_dim(dim, multiple, what):
     if dim < multiple or dim % multiple:
@@ -32,6 +34,11 @@ def sinusoidal_encoding(positions, dim, base=10000.0):
 
     Returns:
         float32 tensor ``(length, dim)``.
+
+    Example:
+        >>> table = keras.ops.convert_to_numpy(sinusoidal_encoding(10, 16))  # (10, 16)
+        >>> table.shape, table[0, :4].tolist()
+        ((10, 16), [0.0, 1.0, 0.0, 1.0])
     """
     _check_dim(dim, 2, "sinusoidal_encoding")
     if isinstance(positions, numbers.Integral):
@@ -56,6 +63,10 @@ def sinusoidal_encoding_2d(height, width, dim, base=10000.0):
 
     Returns:
         float32 tensor ``(height * width, dim)``; ``dim`` must be divisible by 4.
+
+    Example:
+        >>> tuple(sinusoidal_encoding_2d(4, 4, 16).shape)  # a row per patch of a 4 x 4 grid
+        (16, 16)
     """
     _check_dim(dim, 4, "sinusoidal_encoding_2d")
     rows = sinusoidal_encoding(height, dim // 2, base)  # (H, dim/2)
@@ -81,6 +92,11 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
     Returns:
         The encoding broadcast to the input's shape, ``(batch, length, dim)``, in its dtype;
         add it to the embeddings.
+
+    Example:
+        >>> embeddings = keras.random.normal((2, 5, 16))
+        >>> tuple((embeddings + SinusoidalPositionEncoding()(embeddings)).shape)
+        (2, 5, 16)
     """
 
     def __init__(self, base=10000.0, grid=None, **kwargs):
@@ -126,6 +142,11 @@ class PositionEmbedding(keras.layers.Layer):
     Returns:
         The embeddings of positions ``start_index .. start_index + length - 1`` broadcast to
         ``(batch, length, dim)``; add them to the inputs.
+
+    Example:
+        >>> embeddings = keras.random.normal((2, 5, 16))
+        >>> tuple((embeddings + PositionEmbedding(sequence_length=10)(embeddings)).shape)
+        (2, 5, 16)
     """
 
     def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):

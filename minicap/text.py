@@ -20,6 +20,8 @@ import warnings
 
 import numpy as np
 
+__all__ = ["Tokenizer", "standardize"]
+
 PAD, START, END, UNK = "[PAD]", "[START]", "[END]", "[UNK]"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
 _FORMAT = "minicap.tokenizer"

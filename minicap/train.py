@@ -34,6 +34,9 @@ from minicap.model import CaptionModel, load_captioner
 from minicap.text import Tokenizer
 from minicap.training import EpochLog, History, compile_model
 
+__all__ = ["train", "train_or_load", "TrainResult", "load_run", "run_config", "make_batches",
+           "cached_backbone_features", "feature_cache_dir", "changed_settings"]
+
 
 def _set_precision(config):
     """Set the global dtype policy of ``config.mixed_precision``; return its name."""
@@ -61,6 +64,7 @@ class TrainResult:
 
     @property
     def model_path(self):
+        """The run's saved model, ``run_dir / "model.keras"``."""
         return self.run_dir / "model.keras"
 
 

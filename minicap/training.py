@@ -28,6 +28,9 @@ from keras import ops
 
 from minicap.checkpoint import write_json_atomic
 
+__all__ = ["MaskedSparseCrossEntropy", "MaskedAccuracy", "TransformerSchedule", "make_optimizer", "compile_model",
+           "resolve_jit_compile", "History", "EpochLog", "JIT_BY_BACKEND"]
+
 
 @keras.saving.register_keras_serializable(package="minicap")
 class MaskedSparseCrossEntropy(keras.losses.Loss):
@@ -45,6 +48,13 @@ class MaskedSparseCrossEntropy(keras.losses.Loss):
     Returns:
         A scalar (``call`` returns the weighted ``(batch, length)`` losses Keras averages); 0 (not NaN)
         for a batch that is all padding.
+
+    Example:
+        >>> loss = MaskedSparseCrossEntropy(pad_id=0)
+        >>> targets = np.array([[3, 4, 0]])  # two words, then padding
+        >>> logits = np.zeros((1, 3, 5), "float32")  # uniform over 5 words: ln 5
+        >>> round(float(loss(targets, logits)), 4)
+        1.6094
     """
 
     def __init__(self, pad_id=0, label_smoothing=0.0, name="masked_cross_entropy", **kwargs):
@@ -76,7 +86,18 @@ class MaskedSparseCrossEntropy(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="minicap")
 class MaskedAccuracy(keras.metrics.Metric):
-    """The fraction of real (non-padding) target tokens predicted exactly, over all batches seen."""
+    """The fraction of real (non-padding) target tokens predicted exactly, over all batches seen.
+
+    ``update_state(y_true, y_pred)`` takes the target ids ``(batch, length)`` and the logits (or
+    probabilities) ``(batch, length, vocab_size)``; ``result()`` is a scalar.
+
+    Example:
+        >>> accuracy = MaskedAccuracy(pad_id=0)
+        >>> logits = np.eye(5, dtype="float32")[[[3, 1, 2]]]  # predicts 3, 1, 2
+        >>> accuracy.update_state(np.array([[3, 4, 0]]), logits)
+        >>> float(accuracy.result())  # one of the two real words is right; not the padding
+        0.5
+    """
 
     def __init__(self, pad_id=0, name="accuracy", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -104,6 +125,11 @@ class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     The rate rises linearly for ``warmup_steps`` steps, then decays as 1/√step. The peak,
     reached at ``warmup_steps``, is ``scale / √(d · warmup_steps)``.
+
+    Example:
+        >>> schedule = TransformerSchedule(model_dim=64, warmup_steps=1200)
+        >>> round(float(schedule(1199)), 5)  # the peak, at step 1,200: 1 / sqrt(64 * 1200)
+        0.00361
     """
 
     def __init__(self, model_dim, warmup_steps=4000, scale=1.0):
@@ -151,6 +177,7 @@ def make_optimizer(model_dim, warmup_steps=4000, scale=1.0, clipnorm=1.0, weight
 # other core was idle, both about 118 ms while another process held it (never slower with XLA).
 # On a GPU XLA fuses the many small element-wise ops of a Transformer step as well, and Keras already
 # turns it on there. PyTorch stays eager: Keras's jit for it is torch.compile, slow to compile and fragile.
+#: Whether a training step is compiled with XLA under ``jit_compile="auto"``, per Keras backend (measured above).
 JIT_BY_BACKEND = {"tensorflow": True, "jax": True, "torch": False}
 
 
@@ -232,6 +259,7 @@ class History(keras.callbacks.Callback):
         self.save()
 
     def save(self):
+        """Write the record to ``path`` (atomically: an interrupted write leaves the previous file)."""
         write_json_atomic(self.path, self.record)
 
 

@@ -30,6 +30,8 @@ from minicap.positional import PositionEmbedding
 from minicap.vit_keras import ViTBackbone
 from minicap.vit_weights import check_official_keys, read_weights_file, vit_architecture, weights_file
 
+__all__ = ["PretrainedViT", "pretrained_vit", "load_official_weights", "official_layout", "resize_position_embeddings"]
+
 # The implementations of the pretrained backbone: minicap's own layers, or vit-keras's model.
 
 
@@ -57,6 +59,12 @@ class PretrainedViT(keras.layers.Layer):
     Returns:
         ``(batch, num_patches, hidden_size)``: the patch tokens after the final layer norm, without the
         class token. ``sequence(images)`` returns them with the class token first.
+
+    Example:
+        >>> vit = PretrainedViT(64, variant=None, patch_size=16, hidden_size=32,
+        ...                     num_layers=2, num_heads=4, mlp_dim=64)  # small, random
+        >>> tuple(vit(keras.random.uniform((2, 64, 64, 3))).shape)
+        (2, 16, 32)
     """
 
     def __init__(self, image_size, variant="vit-b32", freeze=True, patch_size=None, hidden_size=None,
@@ -176,6 +184,11 @@ def resize_position_embeddings(table, grid):
 
     The class token's row is kept; the ``g x g`` grid of patch positions is resized by linear
     interpolation with the corners aligned (what vit-keras does with ``scipy.ndimage.zoom(order=1)``).
+
+    Example:
+        >>> table = np.zeros((1, 1 + 7 * 7, 768), "float32")  # ViT-B/32, 224 pixels
+        >>> resize_position_embeddings(table, grid=12).shape   # at 384 pixels: 12 x 12
+        (1, 145, 768)
     """
     token, cells = table[:, :1], table[0, 1:]
     old = math.isqrt(cells.shape[0])
@@ -234,6 +247,10 @@ def pretrained_vit(image_size, variant="vit-b32", implementation="minicap", free
             or ``"vit-keras"`` (:class:`minicap.vit_keras.ViTBackbone`, the article's library, installed
             with the ``vit`` extra). Both load the same official weights and compute the same features.
         **kwargs: passed on to the layer (``dtype``, ``name``, the architecture of ``variant=None``).
+
+    Returns:
+        A layer mapping images ``(batch, image_size, image_size, 3)`` in [0, 1] to its patch tokens
+        ``(batch, num_patches, hidden_size)``, as :class:`PretrainedViT` does.
     """
     layers = {"minicap": PretrainedViT, "vit-keras": ViTBackbone}
     if implementation not in layers:

@@ -33,6 +33,9 @@ import numpy as np
 from minicap.config import VIT_VARIANTS, VIT_WEIGHTS, parse_hash
 from minicap.data.download import fetch, file_digest
 
+__all__ = ["weights_file", "weights_file_name", "weights_cache_dir", "read_weights_file", "check_official_keys",
+           "check_file", "vit_architecture"]
+
 # Where vit-keras downloads the official files from.
 GITHUB_RELEASE_URL = "https://github.com/faustomorales/vit-keras/releases/download/dl"
 MIRROR_VARIABLE = "MINICAP_VIT_MIRROR"

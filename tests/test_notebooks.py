@@ -59,7 +59,8 @@ def test_every_chapter_is_in_the_table_of_contents():
 def test_notebook_structure(path):
     notebook = load(path)
     first = source(notebook["cells"][0])
-    assert first.startswith(("# Chapter", "# Appendix", "# Caption your own photos")), "the first cell is the title"
+    assert first.startswith(("# Chapter", "# Appendix", "# Caption your own photos", "# Your own model")), \
+        "the first cell is the title"
     assert f"colab.research.google.com/{REPOSITORY}/book/{path.name}" in first, "Colab badge points at the notebook"
     assert "google.colab" in source(notebook["cells"][1]), "the second cell is the Colab setup cell"
     cell = parameters_cell(notebook)

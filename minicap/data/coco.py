@@ -18,6 +18,8 @@ import os
 from minicap.data.download import default_cache_dir, fetch_and_extract, find_file
 from minicap.data.records import CaptionSet
 
+__all__ = ["load_coco", "read_karpathy", "read_official"]
+
 IMAGES_BASE_URL = "http://images.cocodataset.org/zips/"
 ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
 KARPATHY_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"

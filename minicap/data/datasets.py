@@ -19,6 +19,8 @@ from minicap.data.flickr8k import ARCHIVES, load_flickr8k
 from minicap.data.folder import load_caption_folder
 from minicap.data.shapes import make_shapes
 
+__all__ = ["load_data", "load_split", "scoring_split", "resolve_dataset", "load_real_split"]
+
 COCO_ARCHIVES = {"annotations": "annotations_trainval2014.zip", "karpathy": "caption_datasets.zip",
                  "train2014": "train2014.zip", "val2014": "val2014.zip"}
 

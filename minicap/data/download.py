@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from minicap.config import parse_hash
 
+__all__ = ["fetch", "extract", "fetch_and_extract", "default_cache_dir", "file_digest", "find_file", "find_directory"]
+
 # Replaced in tests (or by a proxy-aware opener); any callable like urllib.request.urlopen works.
 urlopen = urllib.request.urlopen
 _CHUNK = 1 << 20

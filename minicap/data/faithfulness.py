@@ -10,6 +10,8 @@ import dataclasses
 from minicap.data.shapes import COLOURS, RELATIONS, SHAPES, SIZES, describe, true_relations
 from minicap.text import standardize
 
+__all__ = ["check_caption", "CaptionCheck", "faithfulness_rate", "parse_caption"]
+
 
 @dataclasses.dataclass
 class CaptionCheck:
@@ -116,8 +118,12 @@ def _resolve(phrase, scene, errors):
 def check_caption(caption, scene):
     """Check every object, attribute and relation ``caption`` states against ``scene``.
 
-    >>> check_caption("a small red circle left of a blue square", scene).faithful  # doctest: +SKIP
+    >>> from minicap.data.shapes import make_shapes
+    >>> data = make_shapes(1, seed=0)
+    >>> check_caption(data.captions[0][0], data.scenes[0]).faithful  # a reference: true
     True
+    >>> check_caption("a huge purple circle", data.scenes[0]).faithful
+    False
     """
     if not isinstance(caption, str):
         raise ValueError(f"caption must be a str, got {type(caption).__name__}: {caption!r}")

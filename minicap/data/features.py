@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 from minicap.checkpoint import write_json_atomic
 from minicap.data.images import size_pair, load_image
 
+__all__ = ["cached_features", "fingerprint_variables", "list_feature_caches", "cache_key"]
+
 FEATURES_FILE = "features.npy"
 PROGRESS_FILE = "progress.json"
 KEY_LENGTH = 16  # hex digits of the SHA-256 that name a cache folder (64 bits)

@@ -12,6 +12,8 @@ import warnings
 from minicap.data.download import default_cache_dir, fetch_and_extract, find_directory, find_file
 from minicap.data.records import CaptionSet
 
+__all__ = ["load_flickr8k", "read_token_file", "read_split_file", "read_text_lines"]
+
 BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
 # MD5 digests of the two archives at BASE_URL, as the mlverse torchvision (R) Flickr8k loader checks them.
 ARCHIVES = {

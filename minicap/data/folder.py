@@ -26,6 +26,8 @@ from minicap.data.flickr8k import read_text_lines
 from minicap.data.images import size_pair, load_image
 from minicap.data.records import CaptionSet
 
+__all__ = ["load_caption_folder", "find_caption_file", "read_caption_rows", "find_image", "validation_images"]
+
 CAPTION_FILES = ("captions.csv", "captions.txt")
 IMAGE_FOLDERS = ("Images", "images")  # also searched for images, beside the caption file
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "dev": "val", "test": "test"}

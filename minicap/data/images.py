@@ -14,6 +14,8 @@ import matplotlib.cbook
 import numpy as np
 from PIL import Image, ImageOps
 
+__all__ = ["load_image", "load_images", "load_photo", "sample_photo", "ImageFiles", "size_pair", "to_rgb"]
+
 
 def size_pair(image_size):
     """``image_size`` as ``(height, width)``, or None."""
@@ -167,6 +169,7 @@ class ImageFiles:
 
     @property
     def shape(self):
+        """``(num_images, height, width, 3)``, as an array of the images would have."""
         return (len(self.paths), *self.image_size, 3)
 
     def __getitem__(self, index):

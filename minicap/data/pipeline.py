@@ -16,6 +16,8 @@ import numpy as np
 
 from minicap.data.images import ImageFiles, size_pair, load_image
 
+__all__ = ["CaptionBatches"]
+
 REFERENCES = ("all", "random")
 
 
@@ -53,6 +55,17 @@ class CaptionBatches(keras.utils.PyDataset):
     Batches:
         ``((images (B, H, W, 3) float32, input_tokens (B, max_length) int32),
         target_tokens (B, max_length) int32)``.
+
+    Example:
+        >>> from minicap.data.shapes import make_shapes
+        >>> from minicap.text import Tokenizer
+        >>> scenes = make_shapes(8, seed=0, image_size=32)
+        >>> tokenizer = Tokenizer.fit([c for refs in scenes.captions for c in refs])
+        >>> batches = CaptionBatches(scenes.images, scenes.captions, tokenizer,
+        ...                          max_length=22, batch_size=16)
+        >>> (images, inputs), targets = batches[0]  # 8 scenes x 4 captions: 32 pairs
+        >>> len(batches), images.shape, inputs.shape, targets.shape
+        (2, (16, 32, 32, 3), (16, 22), (16, 22))
     """
 
     def __init__(self, images, captions, tokenizer, max_length, batch_size=64, shuffle=True, seed=0,

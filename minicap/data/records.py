@@ -3,6 +3,8 @@ import dataclasses
 
 from minicap.data.images import ImageFiles, load_images
 
+__all__ = ["CaptionSet"]
+
 
 @dataclasses.dataclass
 class CaptionSet:

@@ -22,11 +22,17 @@ import itertools
 
 import numpy as np
 
+__all__ = ["make_shapes", "ShapesData", "Scene", "ShapeObject", "reference_captions", "describe", "true_relations",
+           "max_caption_words", "COLOURS", "SHAPES", "HELDOUT_PAIRS"]
+
+#: The shapes a scene's objects take.
 SHAPES = ("circle", "square", "triangle", "cross")
+#: The colours of the objects.
 COLOURS = ("red", "green", "blue", "yellow", "purple")
 SIZES = ("small", "large")
 RELATIONS = ("left of", "right of", "above", "below")
-# One pair per shape and per colour but purple: each colour and each shape still has 3+ partners in training.
+#: The (colour, shape) pairs kept out of training and validation scenes, which the held-out split tests: one
+#: pair per shape and per colour but purple, so each colour and each shape still has 3+ partners in training.
 HELDOUT_PAIRS = (("red", "square"), ("green", "triangle"), ("blue", "cross"), ("yellow", "circle"))
 SPLITS = ("train", "val", "heldout")
 CAPTIONS_PER_IMAGE = 4
@@ -95,6 +101,11 @@ def make_shapes(num_images, split="train", seed=0, image_size=64, max_objects=3,
 
     Returns:
         a :class:`ShapesData`.
+
+    Example:
+        >>> scenes = make_shapes(4, split="train", seed=0, image_size=64, max_objects=2)
+        >>> scenes.images.shape, len(scenes.captions[0]), len(scenes.scenes)
+        ((4, 64, 64, 3), 4, 4)
     """
     if not isinstance(num_images, (int, np.integer)) or num_images < 0:
         raise ValueError(f"num_images must be an int >= 0, got {num_images!r}")

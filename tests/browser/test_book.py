@@ -83,8 +83,13 @@ class PageVisit:
         self.page = self.context.new_page()
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.problems.append(f"uncaught exception: {error}"))
-        self.page.on("requestfailed", lambda request: self.problems.append(
-            f"request failed: {request.url} ({request.failure})"))
+        self.page.on("requestfailed", self._request_failed)
+
+    def _request_failed(self, request):
+        # net::ERR_ABORTED: the browser dropped the request because the test moved on to the next page (a font
+        # MathJax was still fetching); a missing file is a 404 response and a refused one is recorded by _route.
+        if request.failure != "net::ERR_ABORTED":
+            self.problems.append(f"request failed: {request.url} ({request.failure})")
 
     def _console(self, message):
         if message.type == "error":
@@ -397,3 +402,38 @@ def test_each_exercise_has_one_solution_toggle_labelled_alike_on_every_page(visi
         numbers = [SOLUTION_LABEL.match(label) for label in labels["toggles"]]
         assert all(numbers), f"{docname}: toggles labelled otherwise: {labels['toggles']}"
         assert [int(m.group(1)) for m in numbers] == list(range(1, labels["exercises"] + 1)), (docname, labels)
+
+
+def public_names():
+    """``module.name`` for every name in the ``__all__`` of every module the reference page documents."""
+    import importlib
+
+    page = (ROOT / "book" / "api.md").read_text(encoding="utf-8")
+    modules = re.findall(r"^\.\. automodule:: (\S+)\s*$", page, flags=re.M)
+    return {f"{module}.{name}" for module in modules for name in importlib.import_module(module).__all__}
+
+
+def test_the_reference_shows_every_public_name_and_the_chapters_link_into_it(visit):
+    """The API reference page has an entry (a signature with its docstring) for every public name, its examples fit
+    the column of a 1280 px window, and each chapter's summary links into it, to entries that exist."""
+    docname = next(page for page in PAGES if page.endswith("/api"))
+    visit.open(docname)
+    entries = visit.page.evaluate("""() => Object.fromEntries(
+        Array.from(document.querySelectorAll('dt.sig[id]')).map((dt) => [dt.id,
+            ((dt.nextElementSibling || {}).innerText || '').trim().length]))""")
+    expected = public_names()
+    assert len(expected) > 100
+    missing = sorted(expected - set(entries))
+    assert not missing, f"public names without an entry in the reference: {missing}"
+    assert sorted(name for name in expected if entries[name] == 0) == [], "entries without a description"
+    examples = visit.page.evaluate("""() => Array.from(document.querySelectorAll('div.doctest pre')).map((pre) =>
+        ({wide: pre.scrollWidth > pre.clientWidth + 1, text: pre.textContent.slice(0, 80)}))""")
+    assert len(examples) >= 30, f"{len(examples)} docstring examples shown"
+    assert [example["text"] for example in examples if example["wide"]] == [], "examples wider than the column"
+    for chapter in chapters():
+        facts = visit.open(chapter)
+        into = [link for link in facts["articleLinks"] if "/api.html#minicap." in link]
+        assert len(into) >= 3, f"{chapter} links {len(into)} names into the reference"
+        targets = {unquote(urlparse(link).fragment) for link in into}
+        assert targets <= set(entries), f"{chapter} links to entries the reference lacks: {targets - set(entries)}"
+    assert not visit.problems, visit.problems
