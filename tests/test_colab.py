@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.support import require, unavailable
+import minicap
 from minicap import colab
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
@@ -358,4 +359,4 @@ def test_setup_cell_resolves_on_colabs_pythons_with_wheels_only(monkeypatch, tmp
             assert set(installed) <= set(colab_versions), f"not on Colab: {set(installed) - set(colab_versions)}"
             assert installed == {name: colab_versions[name] for name in installed}, installed
         resolved.append(installed)
-    assert resolved[0] == {"minicap": "0.1.0"} and resolved[2]["vit-keras"] == "0.2.0"
+    assert resolved[0] == {"minicap": minicap.__version__} and resolved[2]["vit-keras"] == "0.2.0"
