@@ -124,52 +124,57 @@ def newest_python(candidates=None):
     return max(found, key=lambda item: item[0])[1]
 
 
+class Background:
+    """``function()`` run in a thread from now on; ``result()`` waits for it and returns its value, or raises the
+    SystemExit it raised (a failed pip install)."""
+
+    def __init__(self, function):
+        self._value = None
+        self._thread = threading.Thread(target=self._run, args=(function,))
+        self._thread.start()
+
+    def _run(self, function):
+        try:
+            self._value = function()
+        except SystemExit as error:
+            self._value = error
+
+    def result(self):
+        self._thread.join()
+        if isinstance(self._value, SystemExit):
+            raise self._value
+        return self._value
+
+
 def setup_both():
     """Both environments, set up side by side (pip spends much of its time waiting on downloads)."""
-    results = {}
-
-    def one(name, function):
-        try:
-            results[name] = function()
-        except SystemExit as error:
-            results[name] = error
-
-    threads = [threading.Thread(target=one, args=(name, function))
-               for name, function in (("newest", setup), ("colab", setup_colab))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for name, result in results.items():
-        if isinstance(result, SystemExit):
-            print(f"setting up the {name} environment failed", flush=True)
-            raise result
-    return results["newest"], results["colab"]
+    newest, colab = Background(setup), Background(setup_colab)
+    return newest.result(), colab.result()
 
 
 def test(pytest_args=()):
-    """The whole suite, in three lanes that run side by side, each a sequence of pytest runs:
+    """The whole suite, in three lanes that run side by side, each a sequence of pytest runs, on two sets of
+    library versions:
 
-    - **notebooks**: nbval executes every notebook on TensorFlow with its own parameters and stores them in
-      jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two models (chapter 5's
-      and the appendix's), the longest part of the suite, so it runs at normal priority. Then the photos path
-      end to end (tests/test_photos.py);
-    - **TensorFlow**: the package tests on TensorFlow;
-    - **other backends**: papermill runs chapters 1-4 on JAX and chapters 5-6 with the photos profile on
-      offline stand-ins (tests/test_notebooks.py); the package tests whose result depends on the backend on
-      JAX (not those marked ``single_backend``), then on PyTorch, which runs eagerly, so it leaves out the
-      slow ones.
+    - **notebooks** (Colab's versions): nbval executes every notebook on TensorFlow with its own parameters and
+      stores them in jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two
+      models (chapter 5's and the appendix's), the longest part of the suite, so it runs at normal priority. Then
+      the photos path end to end (tests/test_photos.py);
+    - **TensorFlow** (Colab's versions): papermill runs chapters 1-4 on JAX and chapters 5-6 and the photos
+      notebook with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package tests on
+      TensorFlow;
+    - **other backends** (the newest releases): the package tests whose result depends on the backend on JAX (not
+      those marked ``single_backend``), then on PyTorch, which runs eagerly, so it leaves out the slow ones.
+
+    Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2, numpy 2.1.3) are
+    installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
+    ``.venv``. Both environments are set up side by side, and each lane starts as soon as its own is ready.
 
     The last two lanes run at a lower priority (``nice``), to take the cores the notebooks leave. (Where Linux
     groups each session's processes for the scheduler, "autogroup", the notebook kernels, which Jupyter starts
-    in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes as
-    measured on a 2-core machine: nbval 618 s, then photos 135 s; TensorFlow 852 s; papermill 253 s, JAX 549 s,
-    PyTorch 57 s (1,679 CPU seconds in 859 s).
-
-    Two sets of library versions are tested in every run: the notebooks and TensorFlow lanes run in
-    ``.venv-colab`` with Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2,
-    on the newest Python here), what a learner runs; the other backends' lane runs in ``.venv`` with the newest
-    releases. Both environments are set up side by side (``setup_both``).
+    in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
+    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 531 and photos 150;
+    papermill 202 and TensorFlow 445; JAX 436 and PyTorch 63, which start later (``.venv`` takes longer to set up).
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
@@ -177,7 +182,9 @@ def test(pytest_args=()):
     Each lane's output goes to ``_build/test-logs/``, and is printed when the lane ends; the last lines say how
     long each part took and the CPU time it used. Fails (exit status 1) if any part fails.
     """
-    newest, colab = setup_both()
+    # Both environments are set up side by side, and each lane starts as soon as its own is ready.
+    environments = {"newest": Background(setup), "colab": Background(setup_colab)}
+    newest, colab = VENV / "bin" / "python", COLAB_VENV / "bin" / "python"
 
     def pytest(python, *arguments):
         return [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.support.notebook_cache",
@@ -187,20 +194,21 @@ def test(pytest_args=()):
     # nbval executes a fresh copy of the book (as the book command does), so that no run a reader left in
     # book/runs is loaded in place of the one the chapters train.
     staged = BUILD / "nbval"
+    environments["colab"].result()  # (reading _toc.yml may need an environment's PyYAML)
     stage_book(staged)
     notebooks = [staged / path for path in executed_notebooks(staged)]
-    lanes = {
-        "notebooks": (0, [
+    lanes = {  # name: (niceness, environment, parts)
+        "notebooks": (0, "colab", [
             ("nbval (TensorFlow; Colab's versions)", pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
             ("photos end to end (TensorFlow; Colab's versions)", pytest(colab, "tests/test_photos.py"), "tensorflow"),
         ]),
-        "tensorflow": (LOW_PRIORITY, [
+        "tensorflow": (LOW_PRIORITY, "colab", [
+            ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow; Colab's versions)",
+             pytest(colab, "tests/test_notebooks.py", "-m", "notebook"), "tensorflow"),
             ("package on TensorFlow (Colab's versions)",
              pytest(colab, "tests", "-m", package, "--ignore=tests/test_photos.py"), "tensorflow"),
         ]),
-        "backends": (LOW_PRIORITY, [
-            ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow; newest)",
-             pytest(newest, "tests/test_notebooks.py", "-m", "notebook"), "tensorflow"),
+        "backends": (LOW_PRIORITY, "newest", [
             ("package on JAX (newest)", pytest(newest, "tests", "-m", f"{package} and not single_backend"), "jax"),
             ("package on PyTorch (newest)",
              pytest(newest, "tests", "-m", f"{package} and not single_backend and not slow"), "torch"),
@@ -210,8 +218,9 @@ def test(pytest_args=()):
     logs.mkdir(parents=True, exist_ok=True)
     results, threads = {}, []
     start = time.perf_counter()
-    for lane, (niceness, parts) in lanes.items():
-        thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results, niceness))
+    for lane, (niceness, environment, parts) in lanes.items():
+        thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results, niceness,
+                                                          environments[environment]))
         thread.start()
         threads.append(thread)
     for thread in threads:
@@ -279,9 +288,18 @@ def compile_cache_environment(directory=COMPILE_CACHE, environ=os.environ):
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
 
-def _run_lane(lane, parts, log_path, results, niceness=0):
+def _run_lane(lane, parts, log_path, results, niceness=0, environment=None):
     """Run a lane's parts one after the other (all of them, even after a failure), output to ``log_path``,
-    at ``niceness`` (added to this process's, where the platform has ``os.nice``)."""
+    at ``niceness`` (added to this process's, where the platform has ``os.nice``), once ``environment`` (a
+    ``Background`` setup) is ready; if its setup failed, every part fails."""
+    if environment is not None:
+        try:
+            environment.result()
+        except SystemExit:
+            for name, _, _ in parts:
+                results[name] = (0.0, 1, None)
+            log_path.write_text(f"the environment of lane {lane} could not be set up (above)\n", encoding="utf-8")
+            return
     with open(log_path, "w", encoding="utf-8") as log:
         for name, command, backend in parts:
             log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
@@ -319,8 +337,10 @@ def _load_yaml(path):
         import yaml
     except ImportError:
         read = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1], encoding='utf-8'))))"
-        completed = subprocess.run([str(venv_python()), "-c", read, str(path)], capture_output=True, text=True,
-                                   check=True)
+        python = venv_python()
+        if not python.exists():  # the test command may read it before .venv is ready, once .venv-colab is
+            python = COLAB_VENV / python.relative_to(VENV)
+        completed = subprocess.run([str(python), "-c", read, str(path)], capture_output=True, text=True, check=True)
         return json.loads(completed.stdout)
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
