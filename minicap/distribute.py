@@ -122,7 +122,12 @@ def replicas():
 
         return tf.distribute.get_strategy().num_replicas_in_sync
     distribution = keras.distribution.distribution()
-    return distribution.num_model_replicas if distribution is not None else 1
+    if distribution is None:
+        return 1
+    if hasattr(distribution, "num_model_replicas"):  # Keras 3.14 and later
+        return distribution.num_model_replicas
+    mesh = distribution.device_mesh  # Keras 3.13 (Colab's): the size of the mesh's batch axis
+    return mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
 
 
 def predictor(model):

@@ -267,29 +267,53 @@ def test_drive_is_never_used_off_colab_nor_unless_asked(tmp_path, capsys):
     assert not (tmp_path / "drive").exists()
 
 
-# What the setup cell resolves to on Colab's runtimes, against PyPI (network: the registry only).
-# Colab's runtimes, from googlecolab/backend-info (os-info.txt, pip-freeze.txt): the default since 2026-08-19
-# (Python 3.13.15, commit a724079) and the previous one, "2026.07" (Python 3.12.13, commit ec53f93), which a
-# notebook can still choose. Kaggle's notebook image is a Colab image of Python 3.12 whose TensorFlow, Keras and
-# JAX it keeps (Kaggle/docker-python, Dockerfile.tmpl). The versions are those of the packages the cell's
-# commands name, of their dependencies, and of the frameworks they must leave alone.
-COLAB_RUNTIMES = {
-    (3, 13): ("numpy==2.1.3 matplotlib==3.10.0 pillow==11.3.0 tqdm==4.67.3 contourpy==1.3.3 cycler==0.12.1 "
-              "fonttools==4.63.0 kiwisolver==1.5.0 packaging==26.3 pyparsing==3.3.2 python-dateutil==2.9.0.post0 "
-              "six==1.17.0 tensorflow==2.20.0 keras==3.13.2 jax==0.7.2 jaxlib==0.7.2 ml-dtypes==0.6.0"),
-    (3, 12): ("numpy==2.0.2 matplotlib==3.10.0 pillow==11.3.0 tqdm==4.67.3 contourpy==1.3.3 cycler==0.12.1 "
-              "fonttools==4.63.0 kiwisolver==1.5.0 packaging==26.2 pyparsing==3.3.2 python-dateutil==2.9.0.post0 "
-              "six==1.17.0 tensorflow==2.20.0 keras==3.13.2 jax==0.7.2 jaxlib==0.7.2 ml-dtypes==0.5.4"),
-}
+# What the setup cell resolves to on Colab's runtimes, against PyPI (network: the registry only). Colab's versions
+# come from tools/colab-versions.txt (its header names the source and the date): the default runtime (Python 3.13)
+# and the previous one (Python 3.12, which Kaggle's image is built on). The versions are those of the packages the
+# cell's commands name, of their dependencies, and of the frameworks they must leave alone.
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+COLAB_VERSIONS_FILE = ROOT / "tools" / "colab-versions.txt"
+COLAB_PYTHONS = [(3, 13), (3, 12)]
+
+
+def colab_versions(version, path=COLAB_VERSIONS_FILE):
+    """``{name: version}`` that the constraints file pins for Colab's runtime of Python ``version`` (its lines'
+    markers evaluated as pip evaluates them)."""
+    from packaging.markers import Marker
+
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        requirement, _, marker = line.split("#")[0].partition(";")
+        if not requirement.strip():
+            continue
+        if marker.strip() and not Marker(marker).evaluate({"python_version": "%d.%d" % version}):
+            continue
+        name, number = requirement.strip().split("==")
+        assert canonical(name) not in pins, f"{path.name} pins {name} twice for Python {version}"
+        pins[canonical(name)] = number
+    return pins
+
+
+COLAB_RUNTIMES = {version: colab_versions(version) for version in COLAB_PYTHONS}
+
+
+def test_the_colab_versions_file_pins_the_frameworks_of_both_runtimes():
+    for version, pins in COLAB_RUNTIMES.items():
+        assert {"tensorflow", "keras", "jax", "jaxlib", "numpy", "ml-dtypes"} <= set(pins), (version, pins)
+        assert pins["tensorflow"] == "2.20.0" and pins["keras"] == "3.13.2" and pins["jax"] == "0.7.2"
+    assert COLAB_RUNTIMES[(3, 13)]["numpy"] == "2.1.3" and COLAB_RUNTIMES[(3, 12)]["numpy"] == "2.0.2"
+    header = COLAB_VERSIONS_FILE.read_text(encoding="utf-8")
+    assert "googlecolab/backend-info" in header and re.search(r"read on \d{4}-\d\d-\d\d", header)
+
+
 # What the cell must never install, upgrade or replace.
 FRAMEWORKS = {"tensorflow", "keras", "jax", "jaxlib", "tf-keras", "ml-dtypes", "torch"}
 # Colab's machines run Ubuntu 22.04 (glibc 2.35): wheels for manylinux 2.35 and older, or pure Python ones.
 PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(35, 4, -1)] + [
     "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
-
-
-def canonical(name):
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def dry_run(arguments, version, folder, constraints=None):
@@ -341,7 +365,9 @@ def test_setup_cell_resolves_on_colabs_pythons_with_wheels_only(monkeypatch, tmp
     commands, _ = run_setup_cell(monkeypatch, on_colab=True, version_info=version + (0, "final", 0),
                                  with_vit_keras=True)
     monkeypatch.undo()  # the real subprocess.run again
-    colab_versions = dict(pin.split("==") for pin in COLAB_RUNTIMES[version].split())
+    colab_versions = COLAB_RUNTIMES[version]
+    # The file's markers resolved for this runtime: pip evaluates markers for the Python it runs on, not for the
+    # --python-version it resolves for.
     constraints = tmp_path / "colab.txt"
     constraints.write_text("\n".join(f"{name}=={number}" for name, number in colab_versions.items()) + "\n")
     resolved = []
@@ -360,3 +386,17 @@ def test_setup_cell_resolves_on_colabs_pythons_with_wheels_only(monkeypatch, tmp
             assert installed == {name: colab_versions[name] for name in installed}, installed
         resolved.append(installed)
     assert resolved[0] == {"minicap": minicap.__version__} and resolved[2]["vit-keras"] == "0.2.0"
+
+
+def test_pyproject_lower_bounds_are_the_versions_the_colab_lanes_test():
+    """Each dependency's lower bound is Colab's version (the older one where the two runtimes differ): the oldest
+    that a lane of the suite runs (tools/dev.py installs tools/colab-versions.txt in .venv-colab)."""
+    tomllib = require("tomllib", "tomllib (Python 3.11+) is missing")  # fails under CI
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dependency in map(Requirement, dependencies):
+        lower = [spec.version for spec in dependency.specifier if spec.operator == ">="]
+        pinned = [pins[canonical(dependency.name)] for pins in COLAB_RUNTIMES.values()]
+        assert lower == [min(pinned, key=Version)], (dependency, pinned)

@@ -145,6 +145,51 @@ def test_setup_installs_once_and_again_when_pyproject_changes(tmp_path, monkeypa
     assert commands == installed * 4
 
 
+def _fake_python(path, version=None):
+    """An executable standing in for a Python: prints its version as ``newest_python`` asks, or fails as a pyenv shim
+    of an unselected version does."""
+    body = f"echo {version[0]} {version[1]}" if version else "echo 'pyenv: python3.13: command not found' >&2; exit 127"
+    _write(path, f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.skipif(os.name == "nt", reason="shell scripts stand in for the interpreters")
+def test_the_colab_environment_takes_the_newest_python_that_runs(tmp_path):
+    shim = _fake_python(tmp_path / "shims" / "python3.13")
+    old = _fake_python(tmp_path / "bin" / "python3.11", (3, 11))
+    newer = _fake_python(tmp_path / "pyenv" / "3.12.1" / "bin" / "python3", (3, 12))
+    ancient = _fake_python(tmp_path / "bin" / "python3.9", (3, 9))
+    assert dev.newest_python([shim, old, newer, ancient]) == str(newer)
+    assert dev.newest_python([old]) == str(old)
+    with pytest.raises(SystemExit, match="no Python 3.10 or newer"):
+        dev.newest_python([shim, ancient])
+
+
+def test_setup_installs_colabs_versions_in_the_colab_environment(tmp_path, monkeypatch):
+    """.venv-colab gets the constraints file, and vit-keras as the setup cell installs it; a changed file installs
+    again."""
+    root, python = tmp_path / "repo", tmp_path / "colab" / "bin" / "python"
+    _write(root / "pyproject.toml", "[project]\nname = 'x'\n")
+    constraints = _write(root / "tools" / "colab-versions.txt", "keras==3.13.2\n") or root / "tools" / "colab-versions.txt"
+    _write(python, "")
+    commands = []
+    monkeypatch.setattr(dev, "ROOT", root)
+    monkeypatch.setattr(dev, "COLAB_VENV", python.parent.parent)
+    monkeypatch.setattr(dev, "COLAB_VERSIONS", constraints)
+    monkeypatch.setattr(dev, "run", lambda *command, env=None: commands.append([str(part) for part in command[1:]]))
+    assert dev.setup_colab() == python
+    assert commands[0][:3] == ["-m", "pip", "install"] and ["-c", str(constraints)] == commands[0][5:7]
+    assert commands[0][-1] == ".[book,test,vit]"
+    assert commands[1][-3:] == ["--no-deps", "--ignore-requires-python", "vit-keras==0.2.0"]
+    assert len(commands) == 4  # then the two kernels
+    dev.setup_colab()
+    assert len(commands) == 4  # nothing changed
+    constraints.write_text("keras==3.13.3\n")
+    dev.setup_colab()
+    assert len(commands) == 8
+
+
 def test_the_test_command_passes_pytest_options_on(monkeypatch):
     calls = []
     monkeypatch.setattr(dev, "test", calls.append)

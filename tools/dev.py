@@ -25,7 +25,9 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: this file is tools/dev.py
-VENV = ROOT / ".venv"
+VENV = ROOT / ".venv"  # the newest releases: the JAX and PyTorch lanes, the book, the browser checks
+COLAB_VENV = ROOT / ".venv-colab"  # Colab's versions: the notebooks and the TensorFlow lanes
+COLAB_VERSIONS = ROOT / "tools" / "colab-versions.txt"  # Colab's library versions, as pip constraints
 BUILD = ROOT / "_build"
 JUPYTER_CACHE = BUILD / ".jupyter_cache"  # jupyter-book's execution cache (see book())
 COMPILE_CACHE = BUILD / "compile-cache"  # the test processes' shared XLA executables (see compile_cache_environment())
@@ -46,8 +48,9 @@ def run(*command, env=None):
         sys.exit(completed.returncode)
 
 
-def setup(extras="book,test,browser,vit"):
-    """Create .venv (unless one is active), install minicap with its extras, register the kernels.
+def setup(extras="book,test,torch,browser,vit"):
+    """Create .venv (unless one is active), install minicap with its extras (the newest releases of everything),
+    register the kernels. The JAX and PyTorch lanes of the tests, the book and the browser checks run here.
 
     Done once per environment and pyproject.toml: a stamp in the environment records what was installed, so
     the next command (e.g. the book after the tests) skips pip while nothing changed.
@@ -56,15 +59,40 @@ def setup(extras="book,test,browser,vit"):
     if not python.exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
+    return _install(python, extras)
+
+
+def setup_colab(extras="book,test,vit"):
+    """Create .venv-colab with the newest Python this machine has and install minicap there with Colab's library
+    versions (``tools/colab-versions.txt``, a pip constraints file), vit-keras as the notebooks' setup cell installs
+    it on Colab; register the kernels. The notebooks and the TensorFlow package tests run here: what a learner
+    runs on Colab."""
+    python = COLAB_VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if not python.exists():
+        interpreter = newest_python()
+        print(f"creating {COLAB_VENV} with {interpreter}", flush=True)
+        run(interpreter, "-m", "venv", COLAB_VENV)
+    return _install(python, extras, COLAB_VERSIONS)
+
+
+def _install(python, extras, constraints=None):
     stamp = python.parent.parent / "minicap-setup.json"
     wanted = {"extras": extras, "pyproject": hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest(),
               "root": str(ROOT), "kernel_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
+    if constraints is not None:
+        wanted["constraints"] = hashlib.sha256(Path(constraints).read_bytes()).hexdigest()
     try:
         if json.loads(stamp.read_text()) == wanted:
             return python
     except (OSError, ValueError):
         pass
-    run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f".[{extras}]")
+    pin = ["-c", constraints] if constraints is not None else []
+    run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pin, "-e", f".[{extras}]")
+    if constraints is not None and "vit" in extras.split(","):
+        # vit-keras 0.2.0 declares Python < 3.12 (the vit extra skips it there); its code runs on newer ones, and
+        # Colab's setup cell installs it so (minicap/colab.py).
+        run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pin, "--no-deps",
+            "--ignore-requires-python", "vit-keras==0.2.0")
     run(python, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3",
         "--display-name", "Python 3")
     run(python, "-m", "minicap.cli", "kernel", "install", "--sys-prefix")
@@ -72,24 +100,81 @@ def setup(extras="book,test,browser,vit"):
     return python
 
 
-def test(pytest_args=()):
-    """The whole suite, in three lanes that run side by side, each a sequence of pytest runs:
+def newest_python(candidates=None):
+    """The newest CPython 3.10+ that runs here: ``python3.N`` on PATH (N from 20 down), then pyenv's versions
+    (``$PYENV_ROOT/versions``), then this interpreter. Colab runs the newest Python (3.13 today)."""
+    if candidates is None:
+        pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+        candidates = [shutil.which(f"python3.{minor}") for minor in range(20, 9, -1)]
+        candidates += sorted(pyenv.glob("3.*/bin/python3"), reverse=True) if pyenv.is_dir() else []
+        candidates.append(sys.executable)
+    found = []
+    for candidate in filter(None, candidates):
+        try:  # a pyenv shim of a version that is not selected exits with an error
+            done = subprocess.run([str(candidate), "-c", "import sys, venv, ensurepip; print(*sys.version_info[:2])"],
+                                  capture_output=True, text=True, timeout=60)
+        except OSError:
+            continue
+        if done.returncode == 0:
+            version = tuple(int(part) for part in done.stdout.split())
+            if version >= (3, 10):
+                found.append((version, str(candidate)))
+    if not found:
+        sys.exit("no Python 3.10 or newer with venv found for the Colab environment")
+    return max(found, key=lambda item: item[0])[1]
 
-    - **notebooks**: nbval executes every notebook on TensorFlow with its own parameters and stores them in
-      jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two models (chapter 5's
-      and the appendix's), the longest part of the suite, so it runs at normal priority. Then the photos path
-      end to end (tests/test_photos.py);
-    - **TensorFlow**: the package tests on TensorFlow;
-    - **other backends**: papermill runs chapters 1-4 on JAX and chapters 5-6 with the photos profile on
-      offline stand-ins (tests/test_notebooks.py); the package tests whose result depends on the backend on
-      JAX (not those marked ``single_backend``), then on PyTorch, which runs eagerly, so it leaves out the
-      slow ones.
+
+class Background:
+    """``function()`` run in a thread from now on; ``result()`` waits for it and returns its value, or raises the
+    SystemExit it raised (a failed pip install)."""
+
+    def __init__(self, function):
+        self._value = None
+        self._thread = threading.Thread(target=self._run, args=(function,))
+        self._thread.start()
+
+    def _run(self, function):
+        try:
+            self._value = function()
+        except SystemExit as error:
+            self._value = error
+
+    def result(self):
+        self._thread.join()
+        if isinstance(self._value, SystemExit):
+            raise self._value
+        return self._value
+
+
+def setup_both():
+    """Both environments, set up side by side (pip spends much of its time waiting on downloads)."""
+    newest, colab = Background(setup), Background(setup_colab)
+    return newest.result(), colab.result()
+
+
+def test(pytest_args=()):
+    """The whole suite, in three lanes that run side by side, each a sequence of pytest runs, on two sets of
+    library versions:
+
+    - **notebooks** (Colab's versions): nbval executes every notebook on TensorFlow with its own parameters and
+      stores them in jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two
+      models (chapter 5's and the appendix's), the longest part of the suite, so it runs at normal priority. Then
+      the photos path end to end (tests/test_photos.py);
+    - **TensorFlow** (Colab's versions): papermill runs chapters 1-4 on JAX and chapters 5-6 and the photos
+      notebook with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package tests on
+      TensorFlow;
+    - **other backends** (the newest releases): the package tests whose result depends on the backend on JAX (not
+      those marked ``single_backend``), then on PyTorch, which runs eagerly, so it leaves out the slow ones.
+
+    Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2, numpy 2.1.3) are
+    installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
+    ``.venv``. Both environments are set up side by side, and each lane starts as soon as its own is ready.
 
     The last two lanes run at a lower priority (``nice``), to take the cores the notebooks leave. (Where Linux
     groups each session's processes for the scheduler, "autogroup", the notebook kernels, which Jupyter starts
-    in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes as
-    measured on a 2-core machine: nbval 618 s, then photos 135 s; TensorFlow 852 s; papermill 253 s, JAX 549 s,
-    PyTorch 57 s (1,679 CPU seconds in 859 s).
+    in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
+    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 531 and photos 150;
+    papermill 202 and TensorFlow 445; JAX 436 and PyTorch 63, which start later (``.venv`` takes longer to set up).
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
@@ -97,36 +182,45 @@ def test(pytest_args=()):
     Each lane's output goes to ``_build/test-logs/``, and is printed when the lane ends; the last lines say how
     long each part took and the CPU time it used. Fails (exit status 1) if any part fails.
     """
-    python = setup()
-    base = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.support.notebook_cache", "--durations=10",
-            *pytest_args]
+    # Both environments are set up side by side, and each lane starts as soon as its own is ready.
+    environments = {"newest": Background(setup), "colab": Background(setup_colab)}
+    newest, colab = VENV / "bin" / "python", COLAB_VENV / "bin" / "python"
+
+    def pytest(python, *arguments):
+        return [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.support.notebook_cache",
+                "--durations=10", *pytest_args, *arguments]
+
     package = "not notebook and not browser"
     # nbval executes a fresh copy of the book (as the book command does), so that no run a reader left in
     # book/runs is loaded in place of the one the chapters train.
     staged = BUILD / "nbval"
+    environments["colab"].result()  # (reading _toc.yml may need an environment's PyYAML)
     stage_book(staged)
     notebooks = [staged / path for path in executed_notebooks(staged)]
-    lanes = {
-        "notebooks": (0, [
-            ("nbval (TensorFlow)", [*base, *notebooks, "--nbval-lax"], "tensorflow"),
-            ("photos end to end (TensorFlow)", [*base, "tests/test_photos.py"], "tensorflow"),
+    lanes = {  # name: (niceness, environment, parts)
+        "notebooks": (0, "colab", [
+            ("nbval (TensorFlow; Colab's versions)", pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
+            ("photos end to end (TensorFlow; Colab's versions)", pytest(colab, "tests/test_photos.py"), "tensorflow"),
         ]),
-        "tensorflow": (LOW_PRIORITY, [
-            ("package on TensorFlow", [*base, "tests", "-m", package, "--ignore=tests/test_photos.py"], "tensorflow"),
+        "tensorflow": (LOW_PRIORITY, "colab", [
+            ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow; Colab's versions)",
+             pytest(colab, "tests/test_notebooks.py", "-m", "notebook"), "tensorflow"),
+            ("package on TensorFlow (Colab's versions)",
+             pytest(colab, "tests", "-m", package, "--ignore=tests/test_photos.py"), "tensorflow"),
         ]),
-        "backends": (LOW_PRIORITY, [
-            ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow)",
-             [*base, "tests/test_notebooks.py", "-m", "notebook"], "tensorflow"),
-            ("package on JAX", [*base, "tests", "-m", f"{package} and not single_backend"], "jax"),
-            ("package on PyTorch", [*base, "tests", "-m", f"{package} and not single_backend and not slow"], "torch"),
+        "backends": (LOW_PRIORITY, "newest", [
+            ("package on JAX (newest)", pytest(newest, "tests", "-m", f"{package} and not single_backend"), "jax"),
+            ("package on PyTorch (newest)",
+             pytest(newest, "tests", "-m", f"{package} and not single_backend and not slow"), "torch"),
         ]),
     }
     logs = BUILD / "test-logs"
     logs.mkdir(parents=True, exist_ok=True)
     results, threads = {}, []
     start = time.perf_counter()
-    for lane, (niceness, parts) in lanes.items():
-        thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results, niceness))
+    for lane, (niceness, environment, parts) in lanes.items():
+        thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results, niceness,
+                                                          environments[environment]))
         thread.start()
         threads.append(thread)
     for thread in threads:
@@ -194,9 +288,18 @@ def compile_cache_environment(directory=COMPILE_CACHE, environ=os.environ):
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
 
-def _run_lane(lane, parts, log_path, results, niceness=0):
+def _run_lane(lane, parts, log_path, results, niceness=0, environment=None):
     """Run a lane's parts one after the other (all of them, even after a failure), output to ``log_path``,
-    at ``niceness`` (added to this process's, where the platform has ``os.nice``)."""
+    at ``niceness`` (added to this process's, where the platform has ``os.nice``), once ``environment`` (a
+    ``Background`` setup) is ready; if its setup failed, every part fails."""
+    if environment is not None:
+        try:
+            environment.result()
+        except SystemExit:
+            for name, _, _ in parts:
+                results[name] = (0.0, 1, None)
+            log_path.write_text(f"the environment of lane {lane} could not be set up (above)\n", encoding="utf-8")
+            return
     with open(log_path, "w", encoding="utf-8") as log:
         for name, command, backend in parts:
             log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
@@ -234,8 +337,10 @@ def _load_yaml(path):
         import yaml
     except ImportError:
         read = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1], encoding='utf-8'))))"
-        completed = subprocess.run([str(venv_python()), "-c", read, str(path)], capture_output=True, text=True,
-                                   check=True)
+        python = venv_python()
+        if not python.exists():  # the test command may read it before .venv is ready, once .venv-colab is
+            python = COLAB_VENV / python.relative_to(VENV)
+        completed = subprocess.run([str(python), "-c", read, str(path)], capture_output=True, text=True, check=True)
         return json.loads(completed.stdout)
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
@@ -357,7 +462,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 tools/dev.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("setup", help="create .venv and install minicap with its extras")
+    commands.add_parser("setup", help="create .venv (the newest releases) and .venv-colab (Colab's versions) and "
+                                      "install minicap with its extras in both")
     commands.add_parser("book", help="build the rendered book into _build/html")
     tests = commands.add_parser("test", help="run the whole test suite")
     tests.add_argument("--quick", action="store_true",
@@ -372,7 +478,7 @@ def main(argv=None):
     if args.command == "test":
         args.pytest_args = [a for a in [*args.pytest_args, *unknown] if a != "--"]
     if args.command == "setup":
-        setup()
+        setup_both()
     elif args.command == "book":
         book()
     elif args.command == "test" and args.quick:
