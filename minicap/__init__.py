@@ -3,4 +3,4 @@
 Each module holds one concept and matches one chapter; import from the modules, e.g.
 ``from minicap.attention import MultiHeadAttention``.
 """
-__version__ = "0.2.0"
+__version__ = "0.2.1"
