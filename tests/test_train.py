@@ -213,7 +213,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, crash_step, unint
 
 
 def test_run_eagerly_compiles_no_step_and_trains_as_the_graph_does(tmp_path):
-    eager = train(tiny(epochs=1), tmp_path / "eager", verbose=0)
+    eager = train(tiny(epochs=1, run_eagerly=True), tmp_path / "eager", verbose=0)
     graph = train(tiny(epochs=1, run_eagerly=False, jit_compile="off"), tmp_path / "graph", verbose=0)
     assert eager.model.run_eagerly and not graph.model.run_eagerly and not eager.model.jit_compile
     np.testing.assert_allclose(eager.history["loss"], graph.history["loss"], rtol=1e-4)
@@ -403,7 +403,7 @@ def test_a_resumed_fine_tuning_run_keeps_the_backbone_it_trained(tmp_path, monke
     settings = dict(dataset=str(folder), image_size=32, backbone_weights=str(tmp_path / "vit.npz"), freeze_backbone=False,
                     epochs=2, batch_size=8, checkpoint_every=2, dropout=0.0, mixed_precision=False, min_word_count=1,
                     max_length=12, model_dim=16, num_heads=2, decoder_layers=1, mlp_dim=32, warmup_steps=5,
-                    run_eagerly=True, data_dir=str(tmp_path / "data"))
+                    run_eagerly=TINY_RUN["run_eagerly"], data_dir=str(tmp_path / "data"))
     config = profile("photos", **settings)
     whole = train(config, tmp_path / "whole", verbose=0)
     with pytest.raises(Crash):

@@ -159,7 +159,8 @@ def test(pytest_args=()):
     - **notebooks** (Colab's versions): nbval executes every notebook on TensorFlow with its own parameters and
       stores them in jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two
       models (chapter 5's and the appendix's), the longest part of the suite, so it runs at normal priority. Then
-      the photos path end to end (tests/test_photos.py);
+      the photos path end to end (tests/test_photos.py) and the two-device training runs (tests/test_distributed.py),
+      whose subprocesses use both cores and wait less here than at the TensorFlow lane's priority;
     - **TensorFlow** (Colab's versions): papermill runs chapters 1-4 on JAX and chapters 5-6 and the photos
       notebook with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package tests on
       TensorFlow;
@@ -200,13 +201,16 @@ def test(pytest_args=()):
     lanes = {  # name: (niceness, environment, parts)
         "notebooks": (0, "colab", [
             ("nbval (TensorFlow; Colab's versions)", pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
-            ("photos end to end (TensorFlow; Colab's versions)", pytest(colab, "tests/test_photos.py"), "tensorflow"),
+            ("photos end to end (TensorFlow; Colab's versions)", pytest(colab, PHOTOS_TESTS), "tensorflow"),
+            ("two devices (TensorFlow and JAX; Colab's versions)",
+             pytest(colab, DISTRIBUTED_TESTS, "-m", package), "tensorflow"),
         ]),
         "tensorflow": (LOW_PRIORITY, "colab", [
             ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow; Colab's versions)",
              pytest(colab, "tests/test_notebooks.py", "-m", "notebook"), "tensorflow"),
             ("package on TensorFlow (Colab's versions)",
-             pytest(colab, "tests", "-m", package, "--ignore=tests/test_photos.py"), "tensorflow"),
+             pytest(colab, "tests", "-m", package, *(f"--ignore={path}" for path in NOTEBOOKS_LANE_TESTS)),
+             "tensorflow"),
         ]),
         "backends": (LOW_PRIORITY, "newest", [
             ("package on JAX (newest)", pytest(newest, "tests", "-m", f"{package} and not single_backend"), "jax"),
@@ -216,21 +220,24 @@ def test(pytest_args=()):
     }
     logs = BUILD / "test-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    results, threads = {}, []
+    results, spans, threads = {}, {}, []
     start = time.perf_counter()
     for lane, (niceness, environment, parts) in lanes.items():
         thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results, niceness,
-                                                          environments[environment]))
+                                                          environments[environment]),
+                                  kwargs={"spans": spans, "origin": start})
         thread.start()
         threads.append(thread)
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
     print(f"\ntest parts ({len(lanes)} lanes side by side; {wall:.0f} s in all; CPU seconds: what a part kept "
-          f"the {os.cpu_count()} cores busy):", flush=True)
+          f"the {os.cpu_count()} cores busy; from-to: seconds since the lanes started, a lane's first part waiting "
+          f"for its environment):", flush=True)
     for name, (seconds, returncode, cpu_seconds) in results.items():
         cpu = "" if cpu_seconds is None else f"{cpu_seconds:7.0f} CPU s"
-        print(f"  {name:50} {seconds:6.0f} s {cpu}  {'passed' if returncode == 0 else f'FAILED ({returncode})'}")
+        span = f"{spans[name][0]:5.0f}-{spans[name][1]:<5.0f}" if name in spans else " " * 11
+        print(f"  {name:50} {seconds:6.0f} s {cpu}  {span} {'passed' if returncode == 0 else f'FAILED ({returncode})'}")
     cpu_total = sum(cpu for _, _, cpu in results.values() if cpu is not None)
     if cpu_total:
         print(f"  {'all parts':50} {wall:6.0f} s {cpu_total:7.0f} CPU s  (the cores were "
@@ -285,13 +292,21 @@ def compile_cache_environment(directory=COMPILE_CACHE, environ=os.environ):
             "TF_XLA_FLAGS": tf_flags.strip()}
 
 
+# Test files that run in the notebooks lane after nbval, not in the TensorFlow lane (which leaves them out):
+# the photos path end to end, and the two-device training runs, whose subprocesses use both cores. Without
+# them the TensorFlow lane, the longest, ended ~300 s after the others, on one core.
+PHOTOS_TESTS, DISTRIBUTED_TESTS = "tests/test_photos.py", "tests/test_distributed.py"
+NOTEBOOKS_LANE_TESTS = (PHOTOS_TESTS, DISTRIBUTED_TESTS)
+
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
 
-def _run_lane(lane, parts, log_path, results, niceness=0, environment=None):
+def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, spans=None, origin=None):
     """Run a lane's parts one after the other (all of them, even after a failure), output to ``log_path``,
     at ``niceness`` (added to this process's, where the platform has ``os.nice``), once ``environment`` (a
-    ``Background`` setup) is ready; if its setup failed, every part fails."""
+    ``Background`` setup) is ready; if its setup failed, every part fails. ``results[name]`` is (seconds, exit
+    status, CPU seconds); ``spans[name]``, where given, (start, end) in seconds since ``origin`` (a
+    ``time.perf_counter()``)."""
     if environment is not None:
         try:
             environment.result()
@@ -311,7 +326,10 @@ def _run_lane(lane, parts, log_path, results, niceness=0, environment=None):
             process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=environment, stdout=log,
                                        stderr=subprocess.STDOUT, preexec_fn=lower)
             returncode, cpu_seconds = _wait_with_cpu_time(process)
-            results[name] = (time.perf_counter() - started, returncode, cpu_seconds)
+            ended = time.perf_counter()
+            results[name] = (ended - started, returncode, cpu_seconds)
+            if spans is not None:
+                spans[name] = (started - (origin or started), ended - (origin or started))
     with _PRINT_LOCK:
         print(f"\n===== lane {lane} ({log_path.relative_to(ROOT)}) =====", flush=True)
         print(log_path.read_text(encoding="utf-8", errors="replace"), flush=True)
