@@ -159,8 +159,8 @@ def test(pytest_args=()):
     - **notebooks** (Colab's versions): nbval executes every notebook on TensorFlow with its own parameters and
       stores them in jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two
       models (chapter 5's and the appendix's), the longest part of the suite, so it runs at normal priority. Then
-      the photos path end to end (tests/test_photos.py) and the two-device training runs (tests/test_distributed.py),
-      whose subprocesses use both cores and wait less here than at the TensorFlow lane's priority;
+      the photos path end to end and rehearsed, and the two-device training runs (``NOTEBOOKS_LANE_TESTS``), whose
+      subprocesses use both cores and wait less here than at the TensorFlow lane's priority;
     - **TensorFlow** (Colab's versions): papermill runs chapters 1-4 on JAX and chapters 5-6 and the photos
       notebook with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package tests on
       TensorFlow;
@@ -201,9 +201,10 @@ def test(pytest_args=()):
     lanes = {  # name: (niceness, environment, parts)
         "notebooks": (0, "colab", [
             ("nbval (TensorFlow; Colab's versions)", pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
-            ("photos end to end (TensorFlow; Colab's versions)", pytest(colab, PHOTOS_TESTS), "tensorflow"),
+            ("photos end to end, and rehearsed (TensorFlow; Colab's versions)",
+             pytest(colab, *PHOTOS_TESTS, "-m", package), "tensorflow"),
             ("two devices (TensorFlow and JAX; Colab's versions)",
-             pytest(colab, DISTRIBUTED_TESTS, "-m", package), "tensorflow"),
+             pytest(colab, *DISTRIBUTED_TESTS, "-m", package), "tensorflow"),
         ]),
         "tensorflow": (LOW_PRIORITY, "colab", [
             ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow; Colab's versions)",
@@ -292,11 +293,13 @@ def compile_cache_environment(directory=COMPILE_CACHE, environ=os.environ):
             "TF_XLA_FLAGS": tf_flags.strip()}
 
 
-# Test files that run in the notebooks lane after nbval, not in the TensorFlow lane (which leaves them out):
-# the photos path end to end, and the two-device training runs, whose subprocesses use both cores. Without
-# them the TensorFlow lane, the longest, ended ~300 s after the others, on one core.
-PHOTOS_TESTS, DISTRIBUTED_TESTS = "tests/test_photos.py", "tests/test_distributed.py"
-NOTEBOOKS_LANE_TESTS = (PHOTOS_TESTS, DISTRIBUTED_TESTS)
+# Test files that run in the notebooks lane after nbval, not in the TensorFlow lane (which leaves them out): the
+# photos path end to end and its rehearsal at Flickr8k's size, and the two-device training runs. Their work is
+# done in subprocesses that use both cores, which at the TensorFlow lane's priority waited the longest (the
+# rehearsal: 151 s there for 57 CPU s); and with them that lane, the longest, ended ~300 s after the others.
+PHOTOS_TESTS = ("tests/test_photos.py", "tests/test_rehearse_photos.py")
+DISTRIBUTED_TESTS = ("tests/test_distributed.py",)
+NOTEBOOKS_LANE_TESTS = PHOTOS_TESTS + DISTRIBUTED_TESTS
 
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
