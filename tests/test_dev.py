@@ -204,10 +204,11 @@ def test_the_test_command_passes_pytest_options_on(monkeypatch):
 def test_a_lane_reports_each_part_s_time_exit_status_and_cpu_seconds(tmp_path, monkeypatch):
     monkeypatch.setattr(dev, "ROOT", tmp_path)
     busy = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nsys.exit(3)"
-    niceness = "import os; print('niceness', os.nice(0), os.environ['KERAS_BACKEND'])"
+    niceness = ("import os; print('niceness', os.nice(0), os.environ['KERAS_BACKEND'], "
+                "os.environ.get('OMP_NUM_THREADS'))")
     results, spans, origin = {}, {}, time.perf_counter()
     dev._run_lane("check", [("busy", [sys.executable, "-c", busy], "tensorflow"),
-                            ("fine", [sys.executable, "-c", niceness], "jax")], tmp_path / "lane.log", results,
+                            ("fine", [sys.executable, "-c", niceness], "torch")], tmp_path / "lane.log", results,
                   niceness=3, spans=spans, origin=origin)
     (busy_seconds, busy_status, busy_cpu), (fine_seconds, fine_status, _) = results["busy"], results["fine"]
     assert busy_status == 3 and fine_status == 0
@@ -216,7 +217,7 @@ def test_a_lane_reports_each_part_s_time_exit_status_and_cpu_seconds(tmp_path, m
     (busy_start, busy_end), (fine_start, fine_end) = spans["busy"], spans["fine"]
     assert 0 <= busy_start <= busy_end <= fine_start <= fine_end <= time.perf_counter() - origin
     assert busy_end - busy_start == pytest.approx(busy_seconds) and fine_end - fine_start == pytest.approx(fine_seconds)
-    assert f"niceness {min(os.nice(0) + 3, 19)} jax" in (tmp_path / "lane.log").read_text()
+    assert f"niceness {min(os.nice(0) + 3, 19)} torch 1" in (tmp_path / "lane.log").read_text()  # one OpenMP thread
 
 
 # A program each backend compiles with XLA, then reports whether it compiled (a cache miss) or loaded it.

@@ -301,6 +301,13 @@ PHOTOS_TESTS = ("tests/test_photos.py", "tests/test_rehearse_photos.py")
 DISTRIBUTED_TESTS = ("tests/test_distributed.py",)
 NOTEBOOKS_LANE_TESTS = PHOTOS_TESTS + DISTRIBUTED_TESTS
 
+# What a part on a backend runs with besides KERAS_BACKEND. PyTorch's OpenMP threads wait for work by spinning,
+# which on a machine the other lanes keep busy burns CPU time they need: with one thread, the PyTorch tests of
+# test_train, test_reliability and test_model took 37 CPU s instead of 97 beside two busy processes, and 30 instead
+# of 44 on an idle machine (2-core machine). (TensorFlow's threads showed no such cost: tests/test_model.py took
+# 52 CPU s with one thread or the default.)
+BACKEND_VARIABLES = {"torch": {"OMP_NUM_THREADS": "1"}}
+
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
 
@@ -324,7 +331,7 @@ def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, span
             log.flush()
             started = time.perf_counter()
             environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend,
-                           **compile_cache_environment()}
+                           **compile_cache_environment(), **BACKEND_VARIABLES.get(backend, {})}
             lower = (lambda: os.nice(niceness)) if niceness and hasattr(os, "nice") else None
             process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=environment, stdout=log,
                                        stderr=subprocess.STDOUT, preexec_fn=lower)
