@@ -174,8 +174,9 @@ def test(pytest_args=()):
     The last two lanes run at a lower priority (``nice``), to take the cores the notebooks leave. (Where Linux
     groups each session's processes for the scheduler, "autogroup", the notebook kernels, which Jupyter starts
     in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
-    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 531 and photos 150;
-    papermill 202 and TensorFlow 445; JAX 436 and PyTorch 63, which start later (``.venv`` takes longer to set up).
+    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 530, the photos path and
+    rehearsal 210, two devices 120; papermill 196 and TensorFlow 369; JAX 413 and PyTorch 50, which start later
+    (``.venv`` takes longer to set up). The summary says when each part started and ended.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
