@@ -216,7 +216,8 @@ def test_a_lane_reports_each_part_s_time_exit_status_and_cpu_seconds(tmp_path, m
     # When each part ran, from the lane's start: one after the other, each as long as it took.
     (busy_start, busy_end), (fine_start, fine_end) = spans["busy"], spans["fine"]
     assert 0 <= busy_start <= busy_end <= fine_start <= fine_end <= time.perf_counter() - origin
-    assert busy_end - busy_start == pytest.approx(busy_seconds) and fine_end - fine_start == pytest.approx(fine_seconds)
+    assert busy_end - busy_start == pytest.approx(busy_seconds)
+    assert fine_end - fine_start == pytest.approx(fine_seconds)
     assert f"niceness {min(os.nice(0) + 3, 19)} torch 1" in (tmp_path / "lane.log").read_text()  # one OpenMP thread
 
 

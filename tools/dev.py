@@ -239,7 +239,8 @@ def test(pytest_args=()):
     for name, (seconds, returncode, cpu_seconds) in results.items():
         cpu = "" if cpu_seconds is None else f"{cpu_seconds:7.0f} CPU s"
         span = f"{spans[name][0]:5.0f}-{spans[name][1]:<5.0f}" if name in spans else " " * 11
-        print(f"  {name:50} {seconds:6.0f} s {cpu}  {span} {'passed' if returncode == 0 else f'FAILED ({returncode})'}")
+        status = "passed" if returncode == 0 else f"FAILED ({returncode})"
+        print(f"  {name:50} {seconds:6.0f} s {cpu}  {span} {status}")
     cpu_total = sum(cpu for _, _, cpu in results.values() if cpu is not None)
     if cpu_total:
         print(f"  {'all parts':50} {wall:6.0f} s {cpu_total:7.0f} CPU s  (the cores were "
@@ -317,7 +318,8 @@ def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, span
     at ``niceness`` (added to this process's, where the platform has ``os.nice``), once ``environment`` (a
     ``Background`` setup) is ready; if its setup failed, every part fails. ``results[name]`` is (seconds, exit
     status, CPU seconds); ``spans[name]``, where given, (start, end) in seconds since ``origin`` (a
-    ``time.perf_counter()``)."""
+    ``time.perf_counter()``; by default, when the lane started)."""
+    origin = time.perf_counter() if origin is None else origin
     if environment is not None:
         try:
             environment.result()
@@ -340,7 +342,7 @@ def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, span
             ended = time.perf_counter()
             results[name] = (ended - started, returncode, cpu_seconds)
             if spans is not None:
-                spans[name] = (started - (origin or started), ended - (origin or started))
+                spans[name] = (started - origin, ended - origin)
     with _PRINT_LOCK:
         print(f"\n===== lane {lane} ({log_path.relative_to(ROOT)}) =====", flush=True)
         print(log_path.read_text(encoding="utf-8", errors="replace"), flush=True)

@@ -13,11 +13,12 @@ import pytest
 # 16 (12 steps an epoch), 2 epochs, a checkpoint every 2 steps. Run eagerly on TensorFlow and PyTorch: for a model
 # this small a step run op by op is faster than tracing a graph (on TensorFlow, 4.5 s against 7.9 s per run on a
 # 2-core CPU). Not on JAX, which compiles every op it runs eagerly: there the compiled step is faster (test_train.py
-# and test_model.py on JAX with an empty compile cache: 193 CPU s against 275). (The backend is read from KERAS_BACKEND,
-# which the test lanes set, without importing Keras: nbval's process loads this package as a plugin.)
+# and test_model.py on JAX with an empty compile cache: 193 CPU s against 275). The backend is read from
+# KERAS_BACKEND, which the test lanes set, without importing Keras: nbval's process loads this package as a plugin.
+_JAX = os.environ.get("KERAS_BACKEND", "tensorflow") == "jax"
 TINY_RUN = dict(num_train=48, num_val=8, image_size=32, patch_size=8, max_objects=1, max_length=10, model_dim=16,
                 num_heads=2, encoder_layers=1, decoder_layers=1, mlp_dim=32, batch_size=16, epochs=2,
-                warmup_steps=5, checkpoint_every=2, run_eagerly=os.environ.get("KERAS_BACKEND", "tensorflow") != "jax")
+                warmup_steps=5, checkpoint_every=2, run_eagerly=not _JAX)
 
 
 def unavailable(reason):
