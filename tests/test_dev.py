@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -180,7 +181,8 @@ def test_setup_installs_colabs_versions_in_the_colab_environment(tmp_path, monke
     monkeypatch.setattr(dev, "COLAB_VERSIONS", constraints)
     monkeypatch.setattr(dev, "run", lambda *command, env=None: commands.append([str(part) for part in command[1:]]))
     assert dev.setup_colab() == python
-    assert commands[0][:3] == ["-m", "pip", "install"] and ["-c", str(constraints)] == commands[0][5:7]
+    assert commands[0][:3] == ["-m", "pip", "install"] and ["-c", str(constraints)] == commands[0][6:8]
+    assert "--no-compile" in commands[0] and "--no-compile" in commands[1]  # Python compiles what it imports
     assert commands[0][-1] == ".[book,test,vit]"
     assert commands[1][-3:] == ["--no-deps", "--ignore-requires-python", "vit-keras==0.2.0"]
     assert len(commands) == 4  # then the two kernels
@@ -196,7 +198,10 @@ def test_the_test_command_passes_pytest_options_on(monkeypatch):
     monkeypatch.setattr(dev, "test", calls.append)
     dev.main(["test", "--durations=50", "-x"])
     dev.main(["test", "tests/test_dev.py", "-k", "staged"])
-    assert calls == [["--durations=50", "-x"], ["tests/test_dev.py", "-k", "staged"]]
+    dev.main(["test", "-p", "plugin", "-k", "staged"])  # options with values stay in their order
+    dev.main(["test", "--", "-p", "plugin"])
+    assert calls == [["--durations=50", "-x"], ["tests/test_dev.py", "-k", "staged"],
+                     ["-p", "plugin", "-k", "staged"], ["-p", "plugin"]]
     with pytest.raises(SystemExit):
         dev.main(["book", "--durations=50"])  # only the test command takes pytest's options
 
@@ -221,9 +226,82 @@ def test_a_lane_reports_each_part_s_time_exit_status_and_cpu_seconds(tmp_path, m
     assert f"niceness {min(os.nice(0) + 3, 19)} torch 1" in (tmp_path / "lane.log").read_text()  # one OpenMP thread
 
 
+def _lanes_as_run(monkeypatch, tmp_path, nbval_status):
+    """Run ``dev.test`` with nothing installed and each lane's parts only recorded, in the order they start;
+    nbval ends with ``nbval_status``. Return the records and test's exit status."""
+    monkeypatch.setattr(dev, "BUILD", tmp_path)
+    monkeypatch.setattr(dev, "setup", lambda: None)
+    monkeypatch.setattr(dev, "setup_colab", lambda: None)
+    monkeypatch.setattr(dev, "browser_dependencies", lambda log_path: sys.exit("missing chromium"))
+    monkeypatch.setattr(dev, "stage_book", lambda stage: None)
+    monkeypatch.setattr(dev, "executed_notebooks", lambda root: ["book/01_patches.ipynb"])
+    records, lock = [], threading.Lock()
+
+    def lane_recorded(lane, parts, log_path, results, niceness=0, environment=None, spans=None, origin=None,
+                      gates=None):
+        try:
+            environment.result()
+        except SystemExit as error:
+            with lock:
+                records.append((lane, "did not start", str(error.code)))
+            for name, _, _ in parts:
+                results[name] = (0.0, 1, None)
+            return
+        for name, command, _ in parts:
+            status = nbval_status if name.startswith("nbval") else 0
+            if name.startswith("nbval"):
+                time.sleep(0.2)  # the book lane must wait for it
+            with lock:
+                records.append((lane, name, " ".join(map(str, command))))
+            results[name] = (0.0, status, None)
+            if name in (gates or {}):
+                gates[name].open(f"{name} failed" if status else None)
+
+    monkeypatch.setattr(dev, "_run_lane", lane_recorded)
+    try:
+        dev.test()
+    except SystemExit as error:
+        return records, error.code
+    return records, 0
+
+
+def test_the_book_is_built_from_nbvals_notebooks_and_checked_in_chromium_while_the_tests_go_on(tmp_path, monkeypatch):
+    records, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=0)
+    assert status == 0
+    names = [name for _, name, _ in records]
+    book = [(name, command) for lane, name, command in records if lane == "book"]
+    assert len(book) == 2 and names.index(book[0][0]) > names.index(next(n for n in names if n.startswith("nbval")))
+    assert book[0][1].endswith("tools/dev.py book")  # the book command itself, which reuses nbval's notebooks
+    assert "tests/browser -m browser" in book[1][1]  # chromium missing: the checks run and say so (skip or fail)
+    assert {lane for lane, _, _ in records} == {"notebooks", "tensorflow", "backends", "book"}
+
+
+def test_a_failed_nbval_run_fails_the_book_lane_without_building_anything(tmp_path, monkeypatch):
+    records, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=1)
+    assert status == 1
+    assert ("book", "did not start", "nbval (TensorFlow; Colab's versions) failed") in records
+    assert not [name for lane, name, _ in records if lane == "book" and name != "did not start"]
+
+
+def test_a_gate_opens_for_the_lane_that_waits_even_when_its_part_never_ran(tmp_path, monkeypatch):
+    monkeypatch.setattr(dev, "ROOT", tmp_path)
+    gate, results = dev.Gate(), {}
+    failing = dev.Background(lambda: sys.exit("no environment"))
+    dev._run_lane("first", [("part", [sys.executable, "-c", "pass"], "tensorflow")], tmp_path / "first.log", results,
+                  environment=failing, gates={"part": gate})
+    with pytest.raises(SystemExit, match="part did not run"):
+        gate.result()
+    assert results["part"][1] == 1 and "no environment" in (tmp_path / "first.log").read_text()
+    passed = dev.Gate()
+    dev._run_lane("second", [("part", [sys.executable, "-c", "pass"], "tensorflow")], tmp_path / "second.log",
+                  results, gates={"part": passed})
+    assert passed.result() is None and results["part"][1] == 0
+
+
 # A program each backend compiles with XLA, then reports whether it compiled (a cache miss) or loaded it.
 COMPILE_ONCE = """
 import sys
+import threading
 backend = sys.argv[1]
 if backend == "jax":
     import jax, jax.numpy as jnp

@@ -12,6 +12,7 @@ executes them itself. Other commands: ``setup`` (only the environment), ``browse
 built page in headless Chromium and check it), ``browser-deps`` (install what ``browser`` needs).
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -40,10 +41,13 @@ def venv_python():
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def run(*command, env=None):
-    print("+", " ".join(str(part) for part in command), flush=True)
+def run(*command, env=None, log=None):
+    """Run ``command`` in the repository root; exit with its status if it fails. ``log``: an open file that
+    takes the command line and its output (by default, this process's output)."""
+    print("+", " ".join(str(part) for part in command), file=log or sys.stdout, flush=True)
     merged = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    completed = subprocess.run([str(part) for part in command], cwd=ROOT, env=merged)
+    completed = subprocess.run([str(part) for part in command], cwd=ROOT, env=merged, stdout=log,
+                               stderr=subprocess.STDOUT if log else None)
     if completed.returncode:
         sys.exit(completed.returncode)
 
@@ -87,12 +91,15 @@ def _install(python, extras, constraints=None):
     except (OSError, ValueError):
         pass
     pin = ["-c", constraints] if constraints is not None else []
-    run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pin, "-e", f".[{extras}]")
+    # --no-compile: Python compiles a module when it is first imported (and keeps the .pyc), instead of pip
+    # compiling every file of every package up front, most of them never imported (the Colab environment:
+    # 27 s instead of 48 s on the 2-core machine, pip's cache filled).
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", *pin]
+    run(*pip, "-e", f".[{extras}]")
     if constraints is not None and "vit" in extras.split(","):
         # vit-keras 0.2.0 declares Python < 3.12 (the vit extra skips it there); its code runs on newer ones, and
         # Colab's setup cell installs it so (minicap/colab.py).
-        run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pin, "--no-deps",
-            "--ignore-requires-python", "vit-keras==0.2.0")
+        run(*pip, "--no-deps", "--ignore-requires-python", "vit-keras==0.2.0")
     run(python, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3",
         "--display-name", "Python 3")
     run(python, "-m", "minicap.cli", "kernel", "install", "--sys-prefix")
@@ -146,6 +153,24 @@ class Background:
         return self._value
 
 
+class Gate:
+    """A start condition that another thread opens: ``result()`` waits until ``open()``, then returns, or raises
+    ``SystemExit(reason)`` when it was opened with a reason not to go on (the part it waited for failed)."""
+
+    def __init__(self):
+        self._opened, self._reason = threading.Event(), None
+
+    def open(self, reason=None):
+        if not self._opened.is_set():
+            self._reason = reason
+            self._opened.set()
+
+    def result(self):
+        self._opened.wait()
+        if self._reason:
+            raise SystemExit(self._reason)
+
+
 def setup_both():
     """Both environments, set up side by side (pip spends much of its time waiting on downloads)."""
     newest, colab = Background(setup), Background(setup_colab)
@@ -153,7 +178,7 @@ def setup_both():
 
 
 def test(pytest_args=()):
-    """The whole suite, in three lanes that run side by side, each a sequence of pytest runs, on two sets of
+    """The whole suite, in four lanes that run side by side, each a sequence of pytest runs, on two sets of
     library versions:
 
     - **notebooks** (Colab's versions): nbval executes every notebook on TensorFlow with its own parameters and
@@ -165,7 +190,12 @@ def test(pytest_args=()):
       notebook with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package tests on
       TensorFlow;
     - **other backends** (the newest releases): the package tests whose result depends on the backend on JAX (not
-      those marked ``single_backend``), then on PyTorch, which runs eagerly, so it leaves out the slow ones.
+      those marked ``single_backend``), then on PyTorch, which runs eagerly, so it leaves out the slow ones;
+    - **book**, once nbval has passed: the book built from the notebooks it executed (the book command), then every
+      page checked in headless Chromium (tests/browser), while the other lanes go on: the checks wait on the
+      browser as much as they compute. Debian's chromium is installed in the background at the start where it is
+      missing and the command runs as root (``browser_dependencies``); elsewhere without it, the checks skip
+      (and fail under CI).
 
     Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2, numpy 2.1.3) are
     installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
@@ -184,8 +214,12 @@ def test(pytest_args=()):
     Each lane's output goes to ``_build/test-logs/``, and is printed when the lane ends; the last lines say how
     long each part took and the CPU time it used. Fails (exit status 1) if any part fails.
     """
-    # Both environments are set up side by side, and each lane starts as soon as its own is ready.
+    logs = BUILD / "test-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # Both environments are set up side by side, and each lane starts as soon as its own is ready; Debian's
+    # chromium, for the browser checks, is installed meanwhile where it is missing (as root; its log in logs/).
     environments = {"newest": Background(setup), "colab": Background(setup_colab)}
+    chromium = Background(lambda: browser_dependencies(logs / "browser-deps.log"))
     newest, colab = VENV / "bin" / "python", COLAB_VENV / "bin" / "python"
 
     def pytest(python, *arguments):
@@ -199,9 +233,21 @@ def test(pytest_args=()):
     environments["colab"].result()  # (reading _toc.yml may need an environment's PyYAML)
     stage_book(staged)
     notebooks = [staged / path for path in executed_notebooks(staged)]
+    nbval = "nbval (TensorFlow; Colab's versions)"
+    nbval_done = Gate()  # the book lane waits for the notebooks nbval executed
+
+    def book_ready():
+        environments["newest"].result()
+        nbval_done.result()
+        try:
+            chromium.result()
+        except SystemExit:  # no chromium: the browser checks say so (and fail under CI)
+            pass
+
+    environments["book"] = Background(book_ready)
     lanes = {  # name: (niceness, environment, parts)
         "notebooks": (0, "colab", [
-            ("nbval (TensorFlow; Colab's versions)", pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
+            (nbval, pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
             ("photos end to end, and rehearsed (TensorFlow; Colab's versions)",
              pytest(colab, *PHOTOS_TESTS, "-m", package), "tensorflow"),
             ("two devices (TensorFlow and JAX; Colab's versions)",
@@ -219,15 +265,20 @@ def test(pytest_args=()):
             ("package on PyTorch (newest)",
              pytest(newest, "tests", "-m", f"{package} and not single_backend and not slow"), "torch"),
         ]),
+        # Once nbval has executed the notebooks: the book built from them (the book command, which finds them in
+        # jupyter-book's cache), then every page checked in headless Chromium, while the other lanes go on.
+        "book": (0, "book", [
+            ("book (nbval's notebooks; newest)", [sys.executable, ROOT / "tools" / "dev.py", "book"],
+             os.environ.get("KERAS_BACKEND", "tensorflow")),
+            ("browser checks (Chromium)", pytest(newest, "tests/browser", "-m", "browser"), "tensorflow"),
+        ]),
     }
-    logs = BUILD / "test-logs"
-    logs.mkdir(parents=True, exist_ok=True)
     results, spans, threads = {}, {}, []
     start = time.perf_counter()
     for lane, (niceness, environment, parts) in lanes.items():
         thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results, niceness,
                                                           environments[environment]),
-                                  kwargs={"spans": spans, "origin": start})
+                                  kwargs={"spans": spans, "origin": start, "gates": {nbval: nbval_done}})
         thread.start()
         threads.append(thread)
     for thread in threads:
@@ -313,20 +364,35 @@ BACKEND_VARIABLES = {"torch": {"OMP_NUM_THREADS": "1"}}
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
 
-def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, spans=None, origin=None):
+def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, spans=None, origin=None, gates=None):
     """Run a lane's parts one after the other (all of them, even after a failure), output to ``log_path``,
     at ``niceness`` (added to this process's, where the platform has ``os.nice``), once ``environment`` (a
-    ``Background`` setup) is ready; if its setup failed, every part fails. ``results[name]`` is (seconds, exit
-    status, CPU seconds); ``spans[name]``, where given, (start, end) in seconds since ``origin`` (a
-    ``time.perf_counter()``; by default, when the lane started)."""
+    ``Background`` setup, or anything with such a ``result()``) is ready; if it failed, every part fails.
+    ``results[name]`` is (seconds, exit status, CPU seconds); ``spans[name]``, where given, (start, end) in
+    seconds since ``origin`` (a ``time.perf_counter()``; by default, when the lane started). ``gates``: a
+    ``Gate`` per part name, opened when that part ends (with a reason when it failed or never ran), which
+    another lane may wait for."""
     origin = time.perf_counter() if origin is None else origin
+    gates = gates or {}
+    try:
+        _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates)
+    finally:  # whatever happened, no lane waits for ever
+        for name, _, _ in parts:
+            if name in gates:
+                gates[name].open(f"{name} did not run")
+
+
+def _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates):
     if environment is not None:
         try:
             environment.result()
-        except SystemExit:
+        except SystemExit as error:
+            reason = error.code if isinstance(error.code, str) else "its environment could not be set up (above)"
             for name, _, _ in parts:
                 results[name] = (0.0, 1, None)
-            log_path.write_text(f"the environment of lane {lane} could not be set up (above)\n", encoding="utf-8")
+            log_path.write_text(f"lane {lane} did not start: {reason}\n", encoding="utf-8")
+            with _PRINT_LOCK:
+                print(f"\n===== lane {lane} did not start: {reason} =====", flush=True)
             return
     with open(log_path, "w", encoding="utf-8") as log:
         for name, command, backend in parts:
@@ -343,6 +409,8 @@ def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, span
             results[name] = (ended - started, returncode, cpu_seconds)
             if spans is not None:
                 spans[name] = (started - origin, ended - origin)
+            if name in gates:
+                gates[name].open(f"{name} failed" if returncode else None)
     with _PRINT_LOCK:
         print(f"\n===== lane {lane} ({log_path.relative_to(ROOT)}) =====", flush=True)
         print(log_path.read_text(encoding="utf-8", errors="replace"), flush=True)
@@ -473,20 +541,24 @@ def browser():
     """
     python = setup()
     browser_dependencies()
-    run(python, "-m", "pytest", "tests/browser", "-m", "browser", "-p", "no:cacheprovider")
+    # Two workers: a page check waits on the browser (loading, MathJax's fonts) as much as it computes (one
+    # worker: 117 s, 58 CPU s; two: 75-84 s, on the 2-core machine).
+    run(python, "-m", "pytest", "tests/browser", "-m", "browser", "-p", "no:cacheprovider", "-n", "2")
 
 
-def browser_dependencies():
-    """Install Debian's chromium when it is missing, with apt-get (as root; otherwise say how and exit). CI
-    runs this alone, in the background while the tests run (``browser-deps``)."""
+def browser_dependencies(log_path=None):
+    """Install Debian's chromium when it is missing, with apt-get (as root; otherwise say how and exit). The
+    test command runs this in the background while it sets up the environments, apt-get's output going to
+    ``log_path``; ``browser-deps`` runs it alone."""
     if shutil.which("/usr/bin/chromium") or "MINICAP_CHROMIUM" in os.environ:
         print("chromium is installed", flush=True)
         return
     if not (shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0):
         sys.exit("missing chromium: install Debian's package (apt-get install chromium)")
     apt = {"DEBIAN_FRONTEND": "noninteractive"}
-    run("apt-get", "update", "-q", env=apt)
-    run("apt-get", "install", "-y", "-q", "chromium", env=apt)
+    with open(log_path, "w", encoding="utf-8") if log_path else contextlib.nullcontext() as log:
+        run("apt-get", "update", "-q", env=apt, log=log)
+        run("apt-get", "install", "-y", "-q", "chromium", env=apt, log=log)
 
 
 def main(argv=None):
@@ -503,11 +575,15 @@ def main(argv=None):
     tests.add_argument("pytest_args", nargs="*", help="passed on to every pytest run (e.g. --durations=50 or -x)")
     commands.add_parser("browser", help="check the built book in headless Chromium")
     commands.add_parser("browser-deps", help="install what the browser checks need (Debian's chromium)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "test":
-        args.pytest_args = [a for a in [*args.pytest_args, *unknown] if a != "--"]
+        # pytest's arguments in the order given (argparse would put its unknown options after the rest: "-p name"
+        # would reach pytest as "name -p"); "--quick" is ours, a first "--" only separates.
+        rest = [a for a in argv[argv.index("test") + 1:] if a != "--quick"]
+        args.pytest_args = rest[1:] if rest[:1] == ["--"] else rest
     if args.command == "setup":
         setup_both()
     elif args.command == "book":
