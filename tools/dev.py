@@ -91,10 +91,11 @@ def _install(python, extras, constraints=None):
     except (OSError, ValueError):
         pass
     pin = ["-c", constraints] if constraints is not None else []
-    # --no-compile: Python compiles a module when it is first imported (and keeps the .pyc), instead of pip
-    # compiling every file of every package up front, most of them never imported (the Colab environment:
-    # 27 s instead of 48 s on the 2-core machine, pip's cache filled).
-    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", *pin]
+    # pip compiles every module to bytecode as it installs (48 s for the Colab environment on the 2-core machine,
+    # against 27 s with --no-compile): kept, because where PYTHONDONTWRITEBYTECODE is set (CI's machine) Python
+    # never keeps what it compiles, and every test process would compile TensorFlow's modules again (the lanes took
+    # ~200 CPU s more).
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pin]
     run(*pip, "-e", f".[{extras}]")
     if constraints is not None and "vit" in extras.split(","):
         # vit-keras 0.2.0 declares Python < 3.12 (the vit extra skips it there); its code runs on newer ones, and
