@@ -246,7 +246,15 @@ def _lanes_as_run(monkeypatch, tmp_path, nbval_status):
             for name, _, _ in parts:
                 results[name] = (0.0, 1, None)
             return
-        for name, command, _ in parts:
+        for name, command, _, *waits in parts:
+            try:
+                for wait in waits:
+                    wait.result()
+            except SystemExit as error:
+                with lock:
+                    records.append((lane, f"not run: {name}", str(error.code)))
+                results[name] = (0.0, 1, None)
+                continue
             status = nbval_status if name.startswith("nbval") else 0
             if name.startswith("nbval"):
                 time.sleep(0.2)  # the book lane must wait for it
@@ -269,17 +277,26 @@ def test_the_book_is_built_from_nbvals_notebooks_and_checked_in_chromium_while_t
     assert status == 0
     names = [name for _, name, _ in records]
     book = [(name, command) for lane, name, command in records if lane == "book"]
-    assert len(book) == 2 and names.index(book[0][0]) > names.index(next(n for n in names if n.startswith("nbval")))
+    assert len(book) == 3 and names.index(book[0][0]) > names.index(next(n for n in names if n.startswith("nbval")))
     assert book[0][1].endswith("tools/dev.py book")  # the book command itself, which reuses nbval's notebooks
     assert "tests/browser -m browser" in book[1][1]  # chromium missing: the checks run and say so (skip or fail)
+    # Then the package tests the TensorFlow lane leaves out, on Colab's versions: each test file runs exactly once.
+    assert ".venv-colab/bin/python" in book[2][1]
+    (tensorflow,) = [command for lane, name, command in records if lane == "tensorflow" and "package" in name]
+    for path in dev.BOOK_LANE_TESTS + dev.PHOTOS_TESTS:
+        assert f"--ignore={path}" in tensorflow
+        assert sum(path in command for _, _, command in records) == 2  # its lane's run and the other's --ignore
     assert {lane for lane, _, _ in records} == {"notebooks", "tensorflow", "backends", "book"}
 
 
 def test_a_failed_nbval_run_fails_the_book_lane_without_building_anything(tmp_path, monkeypatch):
     records, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=1)
     assert status == 1
-    assert ("book", "did not start", "nbval (TensorFlow; Colab's versions) failed") in records
-    assert not [name for lane, name, _ in records if lane == "book" and name != "did not start"]
+    book = [name for lane, name, _ in records if lane == "book"]
+    reasons = {reason for lane, name, reason in records if lane == "book" and name.startswith("not run")}
+    assert book[:2] == ["not run: book (nbval's notebooks; newest)", "not run: browser checks (Chromium)"]
+    assert reasons == {"nbval (TensorFlow; Colab's versions) failed"}
+    assert book[2].startswith("two devices")  # the lane's other tests run all the same
 
 
 def test_a_gate_opens_for_the_lane_that_waits_even_when_its_part_never_ran(tmp_path, monkeypatch):
@@ -295,6 +312,11 @@ def test_a_gate_opens_for_the_lane_that_waits_even_when_its_part_never_ran(tmp_p
     dev._run_lane("second", [("part", [sys.executable, "-c", "pass"], "tensorflow")], tmp_path / "second.log",
                   results, gates={"part": passed})
     assert passed.result() is None and results["part"][1] == 0
+    # A part that waits for a failed one does not run; the lane's next part does.
+    dev._run_lane("third", [("waits", [sys.executable, "-c", "pass"], "tensorflow", gate),
+                            ("next", [sys.executable, "-c", "pass"], "tensorflow")], tmp_path / "third.log", results)
+    assert results["waits"] == (0.0, 1, None) and results["next"][1] == 0
+    assert "waits: not run: part did not run" in (tmp_path / "third.log").read_text()
 
 
 # A program each backend compiles with XLA, then reports whether it compiled (a cache miss) or loaded it.

@@ -185,8 +185,8 @@ def test(pytest_args=()):
     - **notebooks** (Colab's versions): nbval executes every notebook on TensorFlow with its own parameters and
       stores them in jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two
       models (chapter 5's and the appendix's), the longest part of the suite, so it runs at normal priority. Then
-      the photos path end to end and rehearsed, and the two-device training runs (``NOTEBOOKS_LANE_TESTS``), whose
-      subprocesses use both cores and wait less here than at the TensorFlow lane's priority;
+      the photos path end to end and rehearsed (``PHOTOS_TESTS``), whose subprocesses use both cores and wait less
+      here than at the TensorFlow lane's priority;
     - **TensorFlow** (Colab's versions): papermill runs chapters 1-4 on JAX and chapters 5-6 and the photos
       notebook with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package tests on
       TensorFlow;
@@ -196,7 +196,9 @@ def test(pytest_args=()):
       page checked in headless Chromium (tests/browser), while the other lanes go on: the checks wait on the
       browser as much as they compute. Debian's chromium is installed in the background at the start where it is
       missing and the command runs as root (``browser_dependencies``); elsewhere without it, the checks skip
-      (and fail under CI).
+      (and fail under CI). Then, on Colab's versions, the two-device training runs and the benchmarks' tests
+      (``BOOK_LANE_TESTS``), which the TensorFlow lane, the last to end, leaves out; they run whether nbval passed
+      or not.
 
     Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2, numpy 2.1.3) are
     installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
@@ -205,9 +207,10 @@ def test(pytest_args=()):
     The last two lanes run at a lower priority (``nice``), to take the cores the notebooks leave. (Where Linux
     groups each session's processes for the scheduler, "autogroup", the notebook kernels, which Jupyter starts
     in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
-    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 530, the photos path and
-    rehearsal 210, two devices 120; papermill 196 and TensorFlow 369; JAX 413 and PyTorch 50, which start later
-    (``.venv`` takes longer to set up). The summary says when each part started and ended.
+    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 547, the photos path and
+    rehearsal 217; papermill 202 and TensorFlow 375 (with the benchmarks' tests, ~75); JAX 428 and PyTorch 52,
+    which start later (``.venv`` takes longer to set up); the book 11, the browser checks 57 and two devices 110.
+    The summary says when each part started and ended.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
@@ -245,21 +248,19 @@ def test(pytest_args=()):
         except SystemExit:  # no chromium: the browser checks say so (and fail under CI)
             pass
 
-    environments["book"] = Background(book_ready)
-    lanes = {  # name: (niceness, environment, parts)
+    the_book = Background(book_ready)
+    lanes = {  # name: (niceness, environment, parts: (name, command, backend[, what it waits for first]))
         "notebooks": (0, "colab", [
             (nbval, pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
             ("photos end to end, and rehearsed (TensorFlow; Colab's versions)",
              pytest(colab, *PHOTOS_TESTS, "-m", package), "tensorflow"),
-            ("two devices (TensorFlow and JAX; Colab's versions)",
-             pytest(colab, *DISTRIBUTED_TESTS, "-m", package), "tensorflow"),
         ]),
         "tensorflow": (LOW_PRIORITY, "colab", [
             ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow; Colab's versions)",
              pytest(colab, "tests/test_notebooks.py", "-m", "notebook"), "tensorflow"),
             ("package on TensorFlow (Colab's versions)",
-             pytest(colab, "tests", "-m", package, *(f"--ignore={path}" for path in NOTEBOOKS_LANE_TESTS)),
-             "tensorflow"),
+             pytest(colab, "tests", "-m", package,
+                    *(f"--ignore={path}" for path in PHOTOS_TESTS + BOOK_LANE_TESTS)), "tensorflow"),
         ]),
         "backends": (LOW_PRIORITY, "newest", [
             ("package on JAX (newest)", pytest(newest, "tests", "-m", f"{package} and not single_backend"), "jax"),
@@ -267,11 +268,14 @@ def test(pytest_args=()):
              pytest(newest, "tests", "-m", f"{package} and not single_backend and not slow"), "torch"),
         ]),
         # Once nbval has executed the notebooks: the book built from them (the book command, which finds them in
-        # jupyter-book's cache), then every page checked in headless Chromium, while the other lanes go on.
-        "book": (0, "book", [
+        # jupyter-book's cache), then every page checked in headless Chromium, while the other lanes go on; then
+        # package tests on Colab's versions that the TensorFlow lane leaves out.
+        "book": (0, "newest", [
             ("book (nbval's notebooks; newest)", [sys.executable, ROOT / "tools" / "dev.py", "book"],
-             os.environ.get("KERAS_BACKEND", "tensorflow")),
-            ("browser checks (Chromium)", pytest(newest, "tests/browser", "-m", "browser"), "tensorflow"),
+             os.environ.get("KERAS_BACKEND", "tensorflow"), the_book),
+            ("browser checks (Chromium)", pytest(newest, "tests/browser", "-m", "browser"), "tensorflow", the_book),
+            ("two devices, benchmarks (TensorFlow and JAX; Colab's versions)",
+             pytest(colab, *BOOK_LANE_TESTS, "-m", package), "tensorflow"),
         ]),
     }
     results, spans, threads = {}, {}, []
@@ -347,13 +351,13 @@ def compile_cache_environment(directory=COMPILE_CACHE, environ=os.environ):
             "TF_XLA_FLAGS": tf_flags.strip()}
 
 
-# Test files that run in the notebooks lane after nbval, not in the TensorFlow lane (which leaves them out): the
-# photos path end to end and its rehearsal at Flickr8k's size, and the two-device training runs. Their work is
-# done in subprocesses that use both cores, which at the TensorFlow lane's priority waited the longest (the
-# rehearsal: 151 s there for 57 CPU s); and with them that lane, the longest, ended ~300 s after the others.
+# Package tests on Colab's versions that the TensorFlow lane leaves out: the photos path end to end and its
+# rehearsal at Flickr8k's size run in the notebooks lane after nbval (their work is done in subprocesses that use
+# both cores, which at the TensorFlow lane's priority waited the longest: the rehearsal took 151 s there for 57 CPU
+# s); the two-device training runs and the benchmarks' tests in the book lane after the browser checks (with them,
+# the TensorFlow lane ended ~50-300 s after the others).
 PHOTOS_TESTS = ("tests/test_photos.py", "tests/test_rehearse_photos.py")
-DISTRIBUTED_TESTS = ("tests/test_distributed.py",)
-NOTEBOOKS_LANE_TESTS = PHOTOS_TESTS + DISTRIBUTED_TESTS
+BOOK_LANE_TESTS = ("tests/test_distributed.py", "tests/test_bench.py")
 
 # What a part on a backend runs with besides KERAS_BACKEND. PyTorch's OpenMP threads wait for work by spinning,
 # which on a machine the other lanes keep busy burns CPU time they need: with one thread, the PyTorch tests of
@@ -378,25 +382,37 @@ def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, span
     try:
         _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates)
     finally:  # whatever happened, no lane waits for ever
-        for name, _, _ in parts:
+        for name, *_ in parts:
             if name in gates:
                 gates[name].open(f"{name} did not run")
 
 
 def _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates):
+    """``_run_lane``'s work. A part may name a fourth item, something with a ``result()`` to wait for first (e.g. a
+    ``Background``); if that fails, the part fails without running, and the lane goes on."""
     if environment is not None:
         try:
             environment.result()
         except SystemExit as error:
             reason = error.code if isinstance(error.code, str) else "its environment could not be set up (above)"
-            for name, _, _ in parts:
+            for name, *_ in parts:
                 results[name] = (0.0, 1, None)
             log_path.write_text(f"lane {lane} did not start: {reason}\n", encoding="utf-8")
             with _PRINT_LOCK:
                 print(f"\n===== lane {lane} did not start: {reason} =====", flush=True)
             return
     with open(log_path, "w", encoding="utf-8") as log:
-        for name, command, backend in parts:
+        for name, command, backend, *waits in parts:
+            try:
+                for wait in waits:
+                    wait.result()
+            except SystemExit as error:
+                log.write(f"=== {name}: not run: {error.code}\n")
+                log.flush()
+                results[name] = (0.0, 1, None)
+                if name in gates:
+                    gates[name].open(f"{name} did not run")
+                continue
             log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
             log.flush()
             started = time.perf_counter()
