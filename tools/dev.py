@@ -207,10 +207,11 @@ def test(pytest_args=()):
     The last two lanes run at a lower priority (``nice``), to take the cores the notebooks leave. (Where Linux
     groups each session's processes for the scheduler, "autogroup", the notebook kernels, which Jupyter starts
     in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
-    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 547, the photos path and
-    rehearsal 217; papermill 202 and TensorFlow 375 (with the benchmarks' tests, ~75); JAX 428 and PyTorch 52,
-    which start later (``.venv`` takes longer to set up); the book 11, the browser checks 57 and two devices 110.
-    The summary says when each part started and ended.
+    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 552, the photos path and
+    rehearsal 225; papermill 206 and TensorFlow 307; JAX 429 and PyTorch 53, which start later (``.venv`` takes
+    longer to set up); the book 11, the browser checks 60, two devices and the benchmarks 185. The TensorFlow
+    lane, at its lower priority, still ends last (~70 s after the others). The summary says when each part
+    started and ended.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
