@@ -225,7 +225,7 @@ def test_a_lane_reports_each_part_s_time_exit_status_and_cpu_seconds(tmp_path, m
     assert f"niceness {min(os.nice(0) + 3, 19)} torch 1" in (tmp_path / "lane.log").read_text()  # one OpenMP thread
 
 
-def _lanes_as_run(monkeypatch, tmp_path, nbval_status):
+def _lanes_as_run(monkeypatch, tmp_path, nbval_status, pytest_args=()):
     """Run ``dev.test`` with nothing installed and each lane's parts only recorded, in the order they start;
     nbval ends with ``nbval_status``. Return the records and test's exit status."""
     monkeypatch.setattr(dev, "BUILD", tmp_path)
@@ -266,7 +266,7 @@ def _lanes_as_run(monkeypatch, tmp_path, nbval_status):
 
     monkeypatch.setattr(dev, "_run_lane", lane_recorded)
     try:
-        dev.test()
+        dev.test(pytest_args)
     except SystemExit as error:
         return records, error.code
     return records, 0
@@ -297,6 +297,14 @@ def test_a_failed_nbval_run_fails_the_book_lane_without_building_anything(tmp_pa
     assert book[:2] == ["not run: book (nbval's notebooks; newest)", "not run: browser checks (Chromium)"]
     assert reasons == {"nbval (TensorFlow; Colab's versions) failed"}
     assert book[2].startswith("two devices")  # the lane's other tests run all the same
+
+
+def test_a_selection_of_tests_leaves_the_book_out_rather_than_execute_the_chapters_nbval_left_out(tmp_path,
+                                                                                                 monkeypatch):
+    records, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=0, pytest_args=["-k", "attention"])
+    assert status == 0
+    book = [(name, command) for lane, name, command in records if lane == "book"]
+    assert len(book) == 1 and book[0][0].startswith("two devices") and "-k attention" in book[0][1]
 
 
 def test_a_gate_opens_for_the_lane_that_waits_even_when_its_part_never_ran(tmp_path, monkeypatch):

@@ -198,7 +198,8 @@ def test(pytest_args=()):
       missing and the command runs as root (``browser_dependencies``); elsewhere without it, the checks skip
       (and fail under CI). Then, on Colab's versions, the two-device training runs and the benchmarks' tests
       (``BOOK_LANE_TESTS``), which the TensorFlow lane, the last to end, leaves out; they run whether nbval passed
-      or not.
+      or not. With pytest arguments (``-k attention``) the book and the browser checks are left out: nbval may
+      then execute some notebooks only, and the book command would execute the others itself.
 
     Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2, numpy 2.1.3) are
     installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
@@ -224,7 +225,10 @@ def test(pytest_args=()):
     # Both environments are set up side by side, and each lane starts as soon as its own is ready; Debian's
     # chromium, for the browser checks, is installed meanwhile where it is missing (as root; its log in logs/).
     environments = {"newest": Background(setup), "colab": Background(setup_colab)}
-    chromium = Background(lambda: browser_dependencies(logs / "browser-deps.log"))
+    # With pytest arguments (a selection, e.g. -k attention), nbval may execute only some notebooks, and the book
+    # command would execute the others itself (chapter 5's training among them): the book is left out then.
+    whole = not pytest_args
+    chromium = Background(lambda: browser_dependencies(logs / "browser-deps.log") if whole else None)
     newest, colab = VENV / "bin" / "python", COLAB_VENV / "bin" / "python"
 
     def pytest(python, *arguments):
@@ -275,10 +279,14 @@ def test(pytest_args=()):
             ("book (nbval's notebooks; newest)", [sys.executable, ROOT / "tools" / "dev.py", "book"],
              os.environ.get("KERAS_BACKEND", "tensorflow"), the_book),
             ("browser checks (Chromium)", pytest(newest, "tests/browser", "-m", "browser"), "tensorflow", the_book),
+        ] * whole + [
             ("two devices, benchmarks (TensorFlow and JAX; Colab's versions)",
              pytest(colab, *BOOK_LANE_TESTS, "-m", package), "tensorflow"),
         ]),
     }
+    if not whole:
+        print("pytest arguments given: the book and the browser checks are left out (python3 tools/dev.py book, "
+              "then python3 tools/dev.py browser)", flush=True)
     results, spans, threads = {}, {}, []
     start = time.perf_counter()
     for lane, (niceness, environment, parts) in lanes.items():
