@@ -205,9 +205,9 @@ def test(pytest_args=()):
     installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
     ``.venv``. Both environments are set up side by side, and each lane starts as soon as its own is ready.
 
-    The TensorFlow and other-backends lanes run at a lower priority (``nice``), to take the cores the notebooks leave. (Where Linux
-    groups each session's processes for the scheduler, "autogroup", the notebook kernels, which Jupyter starts
-    in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
+    The TensorFlow and other-backends lanes run at a lower priority (``nice``), to take the cores the notebooks
+    leave. (Where Linux groups each session's processes for the scheduler, "autogroup", the notebook kernels,
+    which Jupyter starts in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
     seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 552, the photos path and
     rehearsal 225; papermill 206 and TensorFlow 307; JAX 429 and PyTorch 53, which start later (``.venv`` takes
     longer to set up); the book 11, the browser checks 60, two devices and the benchmarks 185. The TensorFlow
