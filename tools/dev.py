@@ -210,9 +210,9 @@ def test(pytest_args=()):
     which Jupyter starts in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
     seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 552, the photos path and
     rehearsal 225; papermill 206 and TensorFlow 307; JAX 429 and PyTorch 53, which start later (``.venv`` takes
-    longer to set up); the book 11, the browser checks 60, two devices and the benchmarks 185. The TensorFlow
-    lane, at its lower priority, still ends last (~70 s after the others). The summary says when each part
-    started and ended.
+    longer to set up); the book 11, the browser checks 60, two devices and the benchmarks 185. The last two lanes
+    end within ~10-70 s of each other, and which one ends last changes from run to run. The summary says when each
+    part started and ended.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
