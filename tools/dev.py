@@ -207,12 +207,12 @@ def test(pytest_args=()):
 
     The TensorFlow and other-backends lanes run at a lower priority (``nice``), to take the cores the notebooks
     leave. (Where Linux groups each session's processes for the scheduler, "autogroup", the notebook kernels,
-    which Jupyter starts in sessions of their own, get their group's share whatever the niceness.) The split balances the lanes' CPU
-    seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval 552, the photos path and
-    rehearsal 225; papermill 206 and TensorFlow 307; JAX 429 and PyTorch 53, which start later (``.venv`` takes
-    longer to set up); the book 11, the browser checks 60, two devices and the benchmarks 185. The last two lanes
-    end within ~10-70 s of each other, and which one ends last changes from run to run. The summary says when each
-    part started and ended.
+    which Jupyter starts in sessions of their own, get their group's share whatever the niceness.) The split
+    balances the lanes' CPU seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval
+    552, the photos path and rehearsal 225; papermill 206 and TensorFlow 307; JAX 429 and PyTorch 53, which start
+    later (``.venv`` takes longer to set up); the book 11, the browser checks 60, two devices and the benchmarks
+    185. The last two lanes end within ~10-70 s of each other, and which one ends last changes from run to run.
+    The summary says when each part started and ended.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
@@ -254,6 +254,11 @@ def test(pytest_args=()):
             pass
 
     the_book = Background(book_ready)
+    book_parts = [
+        ("book (nbval's notebooks; newest)", [sys.executable, ROOT / "tools" / "dev.py", "book"],
+         os.environ.get("KERAS_BACKEND", "tensorflow"), the_book),
+        ("browser checks (Chromium)", pytest(newest, "tests/browser", "-m", "browser"), "tensorflow", the_book),
+    ] if whole else []
     lanes = {  # name: (niceness, environment, parts: (name, command, backend[, what it waits for first]))
         "notebooks": (0, "colab", [
             (nbval, pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
@@ -276,10 +281,7 @@ def test(pytest_args=()):
         # jupyter-book's cache), then every page checked in headless Chromium, while the other lanes go on; then
         # package tests on Colab's versions that the TensorFlow lane leaves out.
         "book": (0, "newest", [
-            ("book (nbval's notebooks; newest)", [sys.executable, ROOT / "tools" / "dev.py", "book"],
-             os.environ.get("KERAS_BACKEND", "tensorflow"), the_book),
-            ("browser checks (Chromium)", pytest(newest, "tests/browser", "-m", "browser"), "tensorflow", the_book),
-        ] * whole + [
+            *book_parts,
             ("two devices, benchmarks (TensorFlow and JAX; Colab's versions)",
              pytest(colab, *BOOK_LANE_TESTS, "-m", package), "tensorflow"),
         ]),
