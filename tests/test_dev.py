@@ -225,6 +225,22 @@ def test_a_lane_reports_each_part_s_time_exit_status_and_cpu_seconds(tmp_path, m
     assert f"niceness {min(os.nice(0) + 3, 19)} torch 1" in (tmp_path / "lane.log").read_text()  # one OpenMP thread
 
 
+def test_jax_parts_compile_unoptimised_and_keep_the_flags_xla_has(tmp_path, monkeypatch):
+    monkeypatch.setattr(dev, "COMPILE_CACHE", tmp_path / "cache")
+    mine = {"PATH": "/bin", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    jax = dev.part_environment("jax", environ=mine)
+    assert jax["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
+                                        "--xla_backend_optimization_level=0"]
+    assert jax["KERAS_BACKEND"] == "jax" and jax["PATH"] == "/bin" and "JAX_COMPILATION_CACHE_DIR" in jax
+    assert dev.part_environment("jax", environ={})["XLA_FLAGS"] == "--xla_backend_optimization_level=0"
+    # TensorFlow's XLA compiles the book's training steps: optimised, as a reader's are.
+    tensorflow = dev.part_environment("tensorflow", environ=mine)
+    assert tensorflow["XLA_FLAGS"] == mine["XLA_FLAGS"] and tensorflow["KERAS_BACKEND"] == "tensorflow"
+    assert "--tf_xla_persistent_cache_directory" in tensorflow["TF_XLA_FLAGS"]
+    assert dev.part_environment("torch", environ=mine)["OMP_NUM_THREADS"] == "1"
+    assert mine == {"PATH": "/bin", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # left as it was
+
+
 def _lanes_as_run(monkeypatch, tmp_path, nbval_status, pytest_args=()):
     """Run ``dev.test`` with nothing installed and each lane's parts only recorded, in the order they start;
     nbval ends with ``nbval_status``. Return the records and test's exit status."""

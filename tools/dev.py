@@ -375,7 +375,26 @@ BOOK_LANE_TESTS = ("tests/test_distributed.py", "tests/test_bench.py")
 # test_train, test_reliability and test_model took 37 CPU s instead of 97 beside two busy processes, and 30 instead
 # of 44 on an idle machine (2-core machine). (TensorFlow's threads showed no such cost: tests/test_model.py took
 # 52 CPU s with one thread or the default.)
-BACKEND_VARIABLES = {"torch": {"OMP_NUM_THREADS": "1"}}
+#
+# JAX's package tests compile for every call of a new shape: each op run eagerly, each step of a tiny model, most
+# of them run once or a few times. LLVM's optimisations of the compiled code cost more CPU time there than they
+# save (XLA's --xla_backend_optimization_level, 2 by default): the JAX part's 368 tests took 433 CPU s at level 0,
+# 500 at 1 and 570 at 2, all passing (2-core machine, the three side by side, each test's CPU time recorded);
+# the tests that run a ViT-B/32 at full size ran slower (40 CPU s of the 138 saved). Not for TensorFlow: its
+# first compile took as long at level 0, and the book's training steps ran 10 times slower.
+BACKEND_VARIABLES = {"torch": {"OMP_NUM_THREADS": "1"},
+                     "jax": {"XLA_FLAGS": "--xla_backend_optimization_level=0"}}
+
+
+def part_environment(backend, environ=os.environ):
+    """The environment a test part on ``backend`` runs in: ``environ`` with its backend, the shared compile cache
+    (``compile_cache_environment``) and ``BACKEND_VARIABLES``; flags of ``XLA_FLAGS`` are added to those
+    ``environ`` has, not put in their place."""
+    environment = {**environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend,
+                   **compile_cache_environment(COMPILE_CACHE, environ)}
+    for name, value in BACKEND_VARIABLES.get(backend, {}).items():
+        environment[name] = f"{environ.get(name, '')} {value}".strip() if name == "XLA_FLAGS" else value
+    return environment
 
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
@@ -427,8 +446,7 @@ def _run_parts(lane, parts, log_path, results, niceness, environment, spans, ori
             log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
             log.flush()
             started = time.perf_counter()
-            environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend,
-                           **compile_cache_environment(), **BACKEND_VARIABLES.get(backend, {})}
+            environment = part_environment(backend)
             lower = (lambda: os.nice(niceness)) if niceness and hasattr(os, "nice") else None
             process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=environment, stdout=log,
                                        stderr=subprocess.STDOUT, preexec_fn=lower)
