@@ -378,10 +378,11 @@ BOOK_LANE_TESTS = ("tests/test_distributed.py", "tests/test_bench.py")
 #
 # JAX's package tests compile for every call of a new shape: each op run eagerly, each step of a tiny model, most
 # of them run once or a few times. LLVM's optimisations of the compiled code cost more CPU time there than they
-# save (XLA's --xla_backend_optimization_level, 2 by default): the JAX part's 368 tests took 433 CPU s at level 0,
-# 500 at 1 and 570 at 2, all passing (2-core machine, the three side by side, each test's CPU time recorded);
-# the tests that run a ViT-B/32 at full size ran slower (40 CPU s of the 138 saved). Not for TensorFlow: its
-# first compile took as long at level 0, and the book's training steps ran 10 times slower.
+# save (XLA's --xla_backend_optimization_level, 2 by default): the JAX part's 368 tests, all passing, took 343 CPU
+# s at level 0 against 385, each with an empty compile cache of its own as on CI (without one: 433, 500 at level 1,
+# 570 at 2); the tests that run a ViT-B/32 at full size ran slower, the many small ones faster (2-core machine,
+# the runs side by side). Not for TensorFlow: its first compile took as long at level 0, and the book's training
+# steps ran 10 times slower.
 BACKEND_VARIABLES = {"torch": {"OMP_NUM_THREADS": "1"},
                      "jax": {"XLA_FLAGS": "--xla_backend_optimization_level=0"}}
 
