@@ -209,10 +209,11 @@ def test(pytest_args=()):
     leave. (Where Linux groups each session's processes for the scheduler, "autogroup", the notebook kernels,
     which Jupyter starts in sessions of their own, get their group's share whatever the niceness.) The split
     balances the lanes' CPU seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval
-    552, the photos path and rehearsal 225; papermill 206 and TensorFlow 307; JAX 429 and PyTorch 53, which start
-    later (``.venv`` takes longer to set up); the book 11, the browser checks 60, two devices and the benchmarks
-    185. The last two lanes end within ~10-70 s of each other, and which one ends last changes from run to run.
-    The summary says when each part started and ended.
+    552-590, the photos path and rehearsal 217-225; papermill 206-220 and TensorFlow 307-316; JAX 404 (compiled
+    unoptimised, ``BACKEND_VARIABLES``) and PyTorch 53, which start later (``.venv`` takes longer to set up); the
+    book 10, the browser checks 54-60, two devices and the benchmarks 185. The last two lanes end within ~10-70 s
+    of each other, and which one ends last changes from run to run. The summary says when each part started and
+    ended.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
