@@ -398,6 +398,7 @@ def part_environment(backend, environ=os.environ):
         environment[name] = f"{environ.get(name, '')} {value}".strip() if name == "XLA_FLAGS" else value
     return environment
 
+
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
 
@@ -448,9 +449,8 @@ def _run_parts(lane, parts, log_path, results, niceness, environment, spans, ori
             log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
             log.flush()
             started = time.perf_counter()
-            environment = part_environment(backend)
             lower = (lambda: os.nice(niceness)) if niceness and hasattr(os, "nice") else None
-            process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=environment, stdout=log,
+            process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=part_environment(backend), stdout=log,
                                        stderr=subprocess.STDOUT, preexec_fn=lower)
             returncode, cpu_seconds = _wait_with_cpu_time(process)
             ended = time.perf_counter()
