@@ -2,6 +2,7 @@
 notebooks the test suite executes reach jupyter-book's cache."""
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -241,86 +242,126 @@ def test_jax_parts_compile_unoptimised_and_keep_the_flags_xla_has(tmp_path, monk
     assert mine == {"PATH": "/bin", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # left as it was
 
 
-def _lanes_as_run(monkeypatch, tmp_path, nbval_status, pytest_args=()):
-    """Run ``dev.test`` with nothing installed and each lane's parts only recorded, in the order they start;
-    nbval ends with ``nbval_status``. Return the records and test's exit status."""
-    monkeypatch.setattr(dev, "BUILD", tmp_path)
-    monkeypatch.setattr(dev, "setup", lambda: None)
+def _lanes_as_run(monkeypatch, tmp_path, nbval_status, pytest_args=(), newest_fails=False):
+    """Run ``dev.test`` with nothing installed: its lanes, gates and spare parts as they run, each part's process
+    only recorded as (lane, name, command), in the order they start; nbval ends with ``nbval_status``, a little
+    later than the other parts (the book lane must wait for it); ``newest_fails``: .venv's setup fails. Return the
+    records, a function that reads a lane's log, and test's exit status."""
+    monkeypatch.setattr(dev, "ROOT", tmp_path)
+    monkeypatch.setattr(dev, "BUILD", tmp_path / "_build")
+    monkeypatch.setattr(dev, "setup", (lambda: sys.exit("pip failed")) if newest_fails else (lambda: None))
     monkeypatch.setattr(dev, "setup_colab", lambda: None)
     monkeypatch.setattr(dev, "browser_dependencies", lambda log_path: sys.exit("missing chromium"))
     monkeypatch.setattr(dev, "stage_book", lambda stage: None)
     monkeypatch.setattr(dev, "executed_notebooks", lambda root: ["book/01_patches.ipynb"])
     records, lock = [], threading.Lock()
 
-    def lane_recorded(lane, parts, log_path, results, niceness=0, environment=None, spans=None, origin=None,
-                      gates=None):
-        try:
-            environment.result()
-        except SystemExit as error:
-            with lock:
-                records.append((lane, "did not start", str(error.code)))
-            for name, _, _ in parts:
-                results[name] = (0.0, 1, None)
-            return
-        for name, command, _, *waits in parts:
-            try:
-                for wait in waits:
-                    wait.result()
-            except SystemExit as error:
-                with lock:
-                    records.append((lane, f"not run: {name}", str(error.code)))
-                results[name] = (0.0, 1, None)
-                continue
-            status = nbval_status if name.startswith("nbval") else 0
-            if name.startswith("nbval"):
-                time.sleep(0.2)  # the book lane must wait for it
-            with lock:
-                records.append((lane, name, " ".join(map(str, command))))
-            results[name] = (0.0, status, None)
-            if name in (gates or {}):
-                gates[name].open(f"{name} failed" if status else None)
+    def part_recorded(lane, name, command, backend, log, niceness):
+        if name.startswith("nbval"):
+            time.sleep(0.3)
+        with lock:
+            records.append((lane, name, " ".join(map(str, command))))
+        return (nbval_status if name.startswith("nbval") else 0), 0.0
 
-    monkeypatch.setattr(dev, "_run_lane", lane_recorded)
+    monkeypatch.setattr(dev, "_run_part", part_recorded)
+
+    def log(lane):
+        return (tmp_path / "_build" / "test-logs" / f"{lane}.log").read_text(encoding="utf-8")
+
     try:
         dev.test(pytest_args)
     except SystemExit as error:
-        return records, error.code
-    return records, 0
+        return records, log, error.code
+    return records, log, 0
+
+
+# The test files that run in spare parts of their own, on each backend they run on.
+APART = dev.PHOTOS_TESTS + dev.TRAINING_TESTS + dev.DEVICE_TESTS + dev.BENCH_TESTS
 
 
 def test_the_book_is_built_from_nbvals_notebooks_and_checked_in_chromium_while_the_tests_go_on(tmp_path, monkeypatch):
-    records, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=0)
+    records, _, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=0)
     assert status == 0
     names = [name for _, name, _ in records]
-    book = [(name, command) for lane, name, command in records if lane == "book"]
-    assert len(book) == 3 and names.index(book[0][0]) > names.index(next(n for n in names if n.startswith("nbval")))
+    book = [(name, command) for lane, name, command in records if name.startswith(("book", "browser"))]
+    assert len(book) == 2 and names.index(book[0][0]) > names.index(next(n for n in names if n.startswith("nbval")))
+    assert {lane for lane, name, _ in records if name.startswith(("book", "browser"))} == {"book"}
     assert book[0][1].endswith("tools/dev.py book")  # the book command itself, which reuses nbval's notebooks
     assert "tests/browser -m browser" in book[1][1]  # chromium missing: the checks run and say so (skip or fail)
-    # Then the package tests the TensorFlow lane leaves out, on Colab's versions: each test file runs exactly once.
-    assert ".venv-colab/bin/python" in book[2][1]
-    (tensorflow,) = [command for lane, name, command in records if lane == "tensorflow" and "package" in name]
-    for path in dev.BOOK_LANE_TESTS + dev.PHOTOS_TESTS:
-        assert f"--ignore={path}" in tensorflow
-        assert sum(path in command for _, _, command in records) == 2  # its lane's run and the other's --ignore
+    # Every part ran once: the lanes' own, and each spare part in one of the lanes, whichever was free.
+    assert len(names) == len(set(names)) == 4 + len(book) + 6
     assert {lane for lane, _, _ in records} == {"notebooks", "tensorflow", "backends", "book"}
+    # Each test file kept apart runs once on TensorFlow (Colab's versions) and, the training tests, once on JAX (the
+    # newest releases): the package parts of both leave it out.
+    (tensorflow,) = [command for _, name, command in records if name == "package on TensorFlow (Colab's versions)"]
+    (jax,) = [command for _, name, command in records if name == "package on JAX (newest)"]
+    for path in APART:
+        assert f"--ignore={path}" in tensorflow and f"--ignore={path}" in jax
+        environments = sorted(Path(command.split()[0]).parent.parent.name for _, _, command in records
+                              if path in command and "--ignore" not in command)
+        assert environments == ([".venv", ".venv-colab"] if path in dev.TRAINING_TESTS else [".venv-colab"])
+    (training_on_jax,) = [command for _, name, command in records if name == "training on JAX (newest)"]
+    assert "not single_backend" in training_on_jax
+
+
+def test_spare_parts_go_to_the_lanes_that_are_free_first_and_each_runs_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(dev, "ROOT", tmp_path)
+    taken = []
+
+    def part_timed(lane, name, command, backend, log, niceness):
+        taken.append((lane, name))
+        time.sleep(float(command[0]))
+        return 0, 0.0
+
+    monkeypatch.setattr(dev, "_run_part", part_timed)
+    spare = dev.SpareParts([(f"spare {i}", ["0.05"], "tensorflow") for i in range(4)])
+    results, ran_in = {}, {}
+    long_lane = threading.Thread(target=dev._run_lane, args=("long", [("own", ["0.6"], "tensorflow")],
+                                                             tmp_path / "long.log", results),
+                                 kwargs={"spare": spare, "lanes": ran_in})
+    long_lane.start()
+    dev._run_lane("short", [("short's own", ["0.01"], "tensorflow")], tmp_path / "short.log", results, spare=spare,
+                  lanes=ran_in)
+    long_lane.join()
+    # The short lane took every spare part while the long one ran its own, in the spare parts' order.
+    assert taken == [("long", "own"), ("short", "short's own"), *[("short", f"spare {i}") for i in range(4)]]
+    assert ran_in == {"own": "long", "short's own": "short", **{f"spare {i}": "short" for i in range(4)}}
+    assert all(status == 0 for _, status, _ in results.values()) and spare.take() is None
+    assert "=== spare 3: 0.05" in (tmp_path / "short.log").read_text()
+    # A lane whose environment failed takes none: they are left for the others (or fail the run).
+    spare = dev.SpareParts([("left", ["0"], "tensorflow")])
+    dev._run_lane("broken", [], tmp_path / "broken.log", results, environment=dev.Background(lambda: sys.exit("no")),
+                  spare=spare)
+    assert [name for name, *_ in spare.left()] == ["left"] and spare.take() is None
 
 
 def test_a_failed_nbval_run_fails_the_book_lane_without_building_anything(tmp_path, monkeypatch):
-    records, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=1)
+    records, log, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=1)
     assert status == 1
-    book = [name for lane, name, _ in records if lane == "book"]
-    reasons = {reason for lane, name, reason in records if lane == "book" and name.startswith("not run")}
-    assert book[:2] == ["not run: book (nbval's notebooks; newest)", "not run: browser checks (Chromium)"]
-    assert reasons == {"nbval (TensorFlow; Colab's versions) failed"}
-    assert book[2].startswith("two devices")  # the lane's other tests run all the same
+    assert not any(name.startswith(("book", "browser")) for _, name, _ in records)
+    assert ("=== book (nbval's notebooks; newest): not run: nbval (TensorFlow; Colab's versions) failed\n"
+            "=== browser checks (Chromium): not run: nbval (TensorFlow; Colab's versions) failed") in log("book")
+    assert len(records) == 4 + 6  # the other lanes' parts and every spare part run all the same
+
+
+def test_a_failed_environment_fails_the_parts_that_need_it_and_the_others_run(tmp_path, monkeypatch, capsys):
+    records, log, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=0, newest_fails=True)
+    assert status == 1
+    assert {lane for lane, _, _ in records} == {"notebooks", "tensorflow"}  # the lanes on Colab's versions
+    ran = {name for _, name, _ in records}
+    assert not any("newest" in name for name in ran) and len(ran) == 3 + 4  # all that needs .venv-colab only
+    assert "lane backends did not start: pip failed" in log("backends")
+    table = capsys.readouterr().out.split("test parts (")[1]
+    for name in ("package on JAX (newest)", "training on JAX (newest)", "package on PyTorch (newest)"):
+        assert re.search(rf"{re.escape(name)} +0 s +FAILED \(1\)", table)
 
 
 def test_a_selection_of_tests_leaves_the_book_out_rather_than_execute_the_chapters_nbval_left_out(tmp_path,
                                                                                                  monkeypatch):
-    records, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=0, pytest_args=["-k", "attention"])
+    records, _, status = _lanes_as_run(monkeypatch, tmp_path, nbval_status=0, pytest_args=["-k", "attention"])
     assert status == 0
-    book = [(name, command) for lane, name, command in records if lane == "book"]
-    assert len(book) == 1 and book[0][0].startswith("two devices") and "-k attention" in book[0][1]
+    assert not any(name.startswith(("book", "browser")) for _, name, _ in records)
+    assert len(records) == 4 + 6 and all("-k attention" in command for _, _, command in records)
 
 
 def test_a_gate_opens_for_the_lane_that_waits_even_when_its_part_never_ran(tmp_path, monkeypatch):

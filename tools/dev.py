@@ -14,6 +14,7 @@ built page in headless Chromium and check it), ``browser-deps`` (install what ``
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -172,6 +173,24 @@ class Gate:
             raise SystemExit(self._reason)
 
 
+class SpareParts:
+    """Test parts that no lane owns: a lane that has run its own parts takes the next one (``take()``, first come,
+    first served) until none is left, so that the lanes end close together however long each one's own parts took
+    in this run. ``left()`` returns, and removes, those no lane took (every lane stopped early)."""
+
+    def __init__(self, parts):
+        self._parts, self._lock = list(parts), threading.Lock()
+
+    def take(self):
+        with self._lock:
+            return self._parts.pop(0) if self._parts else None
+
+    def left(self):
+        with self._lock:
+            left, self._parts = self._parts, []
+        return left
+
+
 def setup_both():
     """Both environments, set up side by side (pip spends much of its time waiting on downloads)."""
     newest, colab = Background(setup), Background(setup_colab)
@@ -179,27 +198,31 @@ def setup_both():
 
 
 def test(pytest_args=()):
-    """The whole suite, in four lanes that run side by side, each a sequence of pytest runs, on two sets of
-    library versions:
+    """The whole suite, in four lanes that run side by side, each a sequence of pytest runs, and six spare parts
+    that the lanes take as they become free, on two sets of library versions:
 
     - **notebooks** (Colab's versions): nbval executes every notebook on TensorFlow with its own parameters and
       stores them in jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two
-      models (chapter 5's and the appendix's), the longest part of the suite, so it runs at normal priority. Then
-      the photos path end to end and rehearsed (``PHOTOS_TESTS``), whose subprocesses use both cores and wait less
-      here than at the TensorFlow lane's priority;
+      models (chapter 5's and the appendix's), the longest part of the suite, so it runs at normal priority;
     - **TensorFlow** (Colab's versions): papermill runs chapters 1-4 on JAX and chapters 5-6 and the photos
       notebook with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package tests on
       TensorFlow;
     - **other backends** (the newest releases): the package tests whose result depends on the backend on JAX (not
-      those marked ``single_backend``), then on PyTorch, which runs eagerly, so it leaves out the slow ones;
+      those marked ``single_backend``);
     - **book**, once nbval has passed: the book built from the notebooks it executed (the book command), then every
       page checked in headless Chromium (tests/browser), while the other lanes go on: the checks wait on the
       browser as much as they compute. Debian's chromium is installed in the background at the start where it is
       missing and the command runs as root (``browser_dependencies``); elsewhere without it, the checks skip
-      (and fail under CI). Then, on Colab's versions, the two-device training runs and the benchmarks' tests
-      (``BOOK_LANE_TESTS``), which the TensorFlow lane, the last to end, leaves out; they run whether nbval passed
-      or not. With pytest arguments (``-k attention``) the book and the browser checks are left out: nbval may
-      then execute some notebooks only, and the book command would execute the others itself.
+      (and fail under CI). With pytest arguments (``-k attention``) the book and the browser checks are left out:
+      nbval may then execute some notebooks only, and the book command would execute the others itself;
+    - **spare parts** (``SpareParts``), the longest first: the photos path end to end and rehearsed
+      (``PHOTOS_TESTS``), the training tests on JAX and on TensorFlow (``TRAINING_TESTS``), the two-device training
+      runs (``DEVICE_TESTS``), the benchmarks' tests (``BENCH_TESTS``), each on Colab's versions but the JAX
+      training tests, and the package tests on PyTorch (newest), which runs eagerly, so it leaves out the slow
+      ones. The package parts leave out the files of the first four. A lane that has run its own parts takes the
+      next spare part until none is left: how long each lane's own parts take changes from run to run, and in the
+      last two runs with every part fixed to a lane, the first lane and the last ended 168 and 432 s apart,
+      another lane last each time. A spare part runs at the priority of the lane that took it.
 
     Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2, numpy 2.1.3) are
     installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
@@ -207,13 +230,12 @@ def test(pytest_args=()):
 
     The TensorFlow and other-backends lanes run at a lower priority (``nice``), to take the cores the notebooks
     leave. (Where Linux groups each session's processes for the scheduler, "autogroup", the notebook kernels,
-    which Jupyter starts in sessions of their own, get their group's share whatever the niceness.) The split
-    balances the lanes' CPU seconds as measured on a 2-core machine with an empty compile cache (as on CI): nbval
-    552-590, the photos path and rehearsal 217-225; papermill 206-220 and TensorFlow 307-316; JAX 404 (compiled
-    unoptimised, ``BACKEND_VARIABLES``) and PyTorch 53, which start later (``.venv`` takes longer to set up); the
-    book 10, the browser checks 54-60, two devices and the benchmarks 185. The last two lanes end within ~10-70 s
-    of each other, and which one ends last changes from run to run. The summary says when each part started and
-    ended.
+    which Jupyter starts in sessions of their own, get their group's share whatever the niceness.) CPU seconds
+    measured on a 2-core machine with an empty compile cache (as on CI), parts run alone, then in the suite: nbval
+    552-590 in the suite; papermill 206-220; the TensorFlow package tests 259 alone, 114 of them the training tests;
+    JAX 343-404 in the suite (compiled unoptimised, ``BACKEND_VARIABLES``), PyTorch 53; the photos path and
+    rehearsal 205 alone, 217-225 in the suite; the two-device runs 103 and the benchmarks 58 alone; the book 10,
+    the browser checks 54-60. The summary says when each part started and ended, and in which lane.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
@@ -260,55 +282,66 @@ def test(pytest_args=()):
          os.environ.get("KERAS_BACKEND", "tensorflow"), the_book),
         ("browser checks (Chromium)", pytest(newest, "tests/browser", "-m", "browser"), "tensorflow", the_book),
     ] if whole else []
+    # Package tests that run in parts of their own, taken by the lanes as spare parts: the package parts leave them out.
+    apart = PHOTOS_TESTS + TRAINING_TESTS + DEVICE_TESTS + BENCH_TESTS
     lanes = {  # name: (niceness, environment, parts: (name, command, backend[, what it waits for first]))
-        "notebooks": (0, "colab", [
-            (nbval, pytest(colab, *notebooks, "--nbval-lax"), "tensorflow"),
-            ("photos end to end, and rehearsed (TensorFlow; Colab's versions)",
-             pytest(colab, *PHOTOS_TESTS, "-m", package), "tensorflow"),
-        ]),
+        "notebooks": (0, "colab", [(nbval, pytest(colab, *notebooks, "--nbval-lax"), "tensorflow")]),
         "tensorflow": (LOW_PRIORITY, "colab", [
             ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow; Colab's versions)",
              pytest(colab, "tests/test_notebooks.py", "-m", "notebook"), "tensorflow"),
             ("package on TensorFlow (Colab's versions)",
-             pytest(colab, "tests", "-m", package,
-                    *(f"--ignore={path}" for path in PHOTOS_TESTS + BOOK_LANE_TESTS)), "tensorflow"),
+             pytest(colab, "tests", "-m", package, *(f"--ignore={path}" for path in apart)), "tensorflow"),
         ]),
         "backends": (LOW_PRIORITY, "newest", [
-            ("package on JAX (newest)", pytest(newest, "tests", "-m", f"{package} and not single_backend"), "jax"),
-            ("package on PyTorch (newest)",
-             pytest(newest, "tests", "-m", f"{package} and not single_backend and not slow"), "torch"),
+            ("package on JAX (newest)", pytest(newest, "tests", "-m", f"{package} and not single_backend",
+                                               *(f"--ignore={path}" for path in apart)), "jax"),
         ]),
         # Once nbval has executed the notebooks: the book built from them (the book command, which finds them in
-        # jupyter-book's cache), then every page checked in headless Chromium, while the other lanes go on; then
-        # package tests on Colab's versions that the TensorFlow lane leaves out.
-        "book": (0, "newest", [
-            *book_parts,
-            ("two devices, benchmarks (TensorFlow and JAX; Colab's versions)",
-             pytest(colab, *BOOK_LANE_TESTS, "-m", package), "tensorflow"),
-        ]),
+        # jupyter-book's cache), then every page checked in headless Chromium, while the other lanes go on.
+        "book": (0, "newest", book_parts),
     }
+    # Then each lane takes these, the longest first, until none is left (SpareParts): however long each lane's own
+    # parts took in this run, the lanes end close together. Each waits for its own environment.
+    colab_ready, newest_ready = environments["colab"], environments["newest"]
+    spare = SpareParts([
+        ("photos end to end, and rehearsed (TensorFlow; Colab's versions)",
+         pytest(colab, *PHOTOS_TESTS, "-m", package), "tensorflow", colab_ready),
+        ("training on JAX (newest)", pytest(newest, *TRAINING_TESTS, "-m", f"{package} and not single_backend"),
+         "jax", newest_ready),
+        ("training on TensorFlow (Colab's versions)", pytest(colab, *TRAINING_TESTS, "-m", package), "tensorflow",
+         colab_ready),
+        ("two devices (TensorFlow and JAX; Colab's versions)", pytest(colab, *DEVICE_TESTS, "-m", package),
+         "tensorflow", colab_ready),
+        ("benchmarks (TensorFlow and JAX; Colab's versions)", pytest(colab, *BENCH_TESTS, "-m", package),
+         "tensorflow", colab_ready),
+        ("package on PyTorch (newest)",
+         pytest(newest, "tests", "-m", f"{package} and not single_backend and not slow"), "torch", newest_ready),
+    ])
     if not whole:
         print("pytest arguments given: the book and the browser checks are left out (python3 tools/dev.py book, "
               "then python3 tools/dev.py browser)", flush=True)
-    results, spans, threads = {}, {}, []
+    results, spans, ran_in, threads = {}, {}, {}, []
     start = time.perf_counter()
     for lane, (niceness, environment, parts) in lanes.items():
-        thread = threading.Thread(target=_run_lane, args=(lane, parts, logs / f"{lane}.log", results, niceness,
-                                                          environments[environment]),
-                                  kwargs={"spans": spans, "origin": start, "gates": {nbval: nbval_done}})
+        thread = threading.Thread(target=_run_lane, name=f"lane {lane}",
+                                  args=(lane, parts, logs / f"{lane}.log", results, niceness, environments[environment]),
+                                  kwargs={"spans": spans, "origin": start, "gates": {nbval: nbval_done},
+                                          "spare": spare, "lanes": ran_in})
         thread.start()
         threads.append(thread)
     for thread in threads:
         thread.join()
+    for name, *_ in spare.left():  # every lane stopped before taking it (their environments failed)
+        results[name] = (0.0, 1, None)
     wall = time.perf_counter() - start
     print(f"\ntest parts ({len(lanes)} lanes side by side; {wall:.0f} s in all; CPU seconds: what a part kept "
           f"the {os.cpu_count()} cores busy; from-to: seconds since the lanes started, a lane's first part waiting "
-          f"for its environment):", flush=True)
+          f"for its environment; the lane that ran it):", flush=True)
     for name, (seconds, returncode, cpu_seconds) in results.items():
         cpu = "" if cpu_seconds is None else f"{cpu_seconds:7.0f} CPU s"
         span = f"{spans[name][0]:5.0f}-{spans[name][1]:<5.0f}" if name in spans else " " * 11
         status = "passed" if returncode == 0 else f"FAILED ({returncode})"
-        print(f"  {name:50} {seconds:6.0f} s {cpu}  {span} {status}")
+        print(f"  {name:50} {seconds:6.0f} s {cpu}  {span} {ran_in.get(name, ''):10} {status}")
     cpu_total = sum(cpu for _, _, cpu in results.values() if cpu is not None)
     if cpu_total:
         print(f"  {'all parts':50} {wall:6.0f} s {cpu_total:7.0f} CPU s  (the cores were "
@@ -363,13 +396,15 @@ def compile_cache_environment(directory=COMPILE_CACHE, environ=os.environ):
             "TF_XLA_FLAGS": tf_flags.strip()}
 
 
-# Package tests on Colab's versions that the TensorFlow lane leaves out: the photos path end to end and its
-# rehearsal at Flickr8k's size run in the notebooks lane after nbval (their work is done in subprocesses that use
-# both cores, which at the TensorFlow lane's priority waited the longest: the rehearsal took 151 s there for 57 CPU
-# s); the two-device training runs and the benchmarks' tests in the book lane after the browser checks (with them,
-# the TensorFlow lane ended ~50-300 s after the others).
+# Package tests that run as spare parts of the test command (test()), each file in one part per backend it runs on,
+# the package parts leaving them out: the photos path end to end and its rehearsal at Flickr8k's size, and the
+# two-device training runs and the benchmarks (Colab's versions, on TensorFlow; they run JAX in subprocesses
+# themselves); the training tests, which train and resume tiny models, the package tests' longest file (114 of
+# the TensorFlow part's 259 CPU s, measured test by test on the 2-core machine), on TensorFlow and on JAX.
 PHOTOS_TESTS = ("tests/test_photos.py", "tests/test_rehearse_photos.py")
-BOOK_LANE_TESTS = ("tests/test_distributed.py", "tests/test_bench.py")
+TRAINING_TESTS = ("tests/test_train.py",)
+DEVICE_TESTS = ("tests/test_distributed.py",)
+BENCH_TESTS = ("tests/test_bench.py",)
 
 # What a part on a backend runs with besides KERAS_BACKEND. PyTorch's OpenMP threads wait for work by spinning,
 # which on a machine the other lanes keep busy burns CPU time they need: with one thread, the PyTorch tests of
@@ -402,27 +437,30 @@ def part_environment(backend, environ=os.environ):
 LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
 
 
-def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, spans=None, origin=None, gates=None):
-    """Run a lane's parts one after the other (all of them, even after a failure), output to ``log_path``,
-    at ``niceness`` (added to this process's, where the platform has ``os.nice``), once ``environment`` (a
-    ``Background`` setup, or anything with such a ``result()``) is ready; if it failed, every part fails.
-    ``results[name]`` is (seconds, exit status, CPU seconds); ``spans[name]``, where given, (start, end) in
-    seconds since ``origin`` (a ``time.perf_counter()``; by default, when the lane started). ``gates``: a
-    ``Gate`` per part name, opened when that part ends (with a reason when it failed or never ran), which
-    another lane may wait for."""
+def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, spans=None, origin=None, gates=None,
+              spare=None, lanes=None):
+    """Run a lane's parts one after the other (all of them, even after a failure), then, where ``spare`` (a
+    ``SpareParts``) is given, the spare parts it takes until none is left; output to ``log_path``, at ``niceness``
+    (added to this process's, where the platform has ``os.nice``), once ``environment`` (a ``Background`` setup, or
+    anything with such a ``result()``) is ready; if it failed, every part of the lane fails and it takes no spare
+    part. ``results[name]`` is (seconds, exit status, CPU seconds); ``spans[name]``, where given, (start, end) in
+    seconds since ``origin`` (a ``time.perf_counter()``; by default, when the lane started); ``lanes[name]``, where
+    given, the lane that ran it. ``gates``: a ``Gate`` per part name, opened when that part ends (with a reason when
+    it failed or never ran), which another lane may wait for."""
     origin = time.perf_counter() if origin is None else origin
-    gates = gates or {}
+    gates, taken = gates or {}, []
     try:
-        _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates)
+        _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates, spare, lanes, taken)
     finally:  # whatever happened, no lane waits for ever
-        for name, *_ in parts:
+        for name, *_ in [*parts, *taken]:
             if name in gates:
                 gates[name].open(f"{name} did not run")
 
 
-def _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates):
-    """``_run_lane``'s work. A part may name a fourth item, something with a ``result()`` to wait for first (e.g. a
-    ``Background``); if that fails, the part fails without running, and the lane goes on."""
+def _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates, spare, lanes, taken):
+    """``_run_lane``'s work. A part may name more items, each something with a ``result()`` to wait for first
+    (e.g. a ``Background``); if one fails, the part fails without running, and the lane goes on. ``taken``: the
+    spare parts this lane took, appended as it takes them."""
     if environment is not None:
         try:
             environment.result()
@@ -434,8 +472,14 @@ def _run_parts(lane, parts, log_path, results, niceness, environment, spans, ori
             with _PRINT_LOCK:
                 print(f"\n===== lane {lane} did not start: {reason} =====", flush=True)
             return
+
+    def spare_parts():
+        while spare is not None and (part := spare.take()) is not None:
+            taken.append(part)
+            yield part
+
     with open(log_path, "w", encoding="utf-8") as log:
-        for name, command, backend, *waits in parts:
+        for name, command, backend, *waits in itertools.chain(parts, spare_parts()):
             try:
                 for wait in waits:
                     wait.result()
@@ -449,19 +493,28 @@ def _run_parts(lane, parts, log_path, results, niceness, environment, spans, ori
             log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
             log.flush()
             started = time.perf_counter()
-            lower = (lambda: os.nice(niceness)) if niceness and hasattr(os, "nice") else None
-            process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=part_environment(backend), stdout=log,
-                                       stderr=subprocess.STDOUT, preexec_fn=lower)
-            returncode, cpu_seconds = _wait_with_cpu_time(process)
+            returncode, cpu_seconds = _run_part(lane, name, command, backend, log, niceness)
             ended = time.perf_counter()
             results[name] = (ended - started, returncode, cpu_seconds)
             if spans is not None:
                 spans[name] = (started - origin, ended - origin)
+            if lanes is not None:
+                lanes[name] = lane
             if name in gates:
                 gates[name].open(f"{name} failed" if returncode else None)
     with _PRINT_LOCK:
-        print(f"\n===== lane {lane} ({log_path.relative_to(ROOT)}) =====", flush=True)
+        print(f"\n===== lane {lane} ({os.path.relpath(log_path, ROOT)}) =====", flush=True)
         print(log_path.read_text(encoding="utf-8", errors="replace"), flush=True)
+
+
+def _run_part(lane, name, command, backend, log, niceness):
+    """Run the test part ``name``'s ``command`` for ``lane`` in the repository root, in
+    ``part_environment(backend)``, at ``niceness``, its output to the open file ``log``; return its exit status and
+    CPU seconds (``_wait_with_cpu_time``)."""
+    lower = (lambda: os.nice(niceness)) if niceness and hasattr(os, "nice") else None
+    process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=part_environment(backend), stdout=log,
+                               stderr=subprocess.STDOUT, preexec_fn=lower)
+    return _wait_with_cpu_time(process)
 
 
 _PRINT_LOCK = threading.Lock()
