@@ -306,28 +306,33 @@ def test_the_book_is_built_from_nbvals_notebooks_and_checked_in_chromium_while_t
 
 def test_spare_parts_go_to_the_lanes_that_are_free_first_and_each_runs_once(tmp_path, monkeypatch):
     monkeypatch.setattr(dev, "ROOT", tmp_path)
-    taken = []
+    taken, last_taken = [], threading.Event()
 
-    def part_timed(lane, name, command, backend, log, niceness):
+    def part(lane, name, command, backend, log, niceness):
         taken.append((lane, name))
-        time.sleep(float(command[0]))
+        if name == "own":  # the long lane's own part lasts until the other lane has taken the last spare part
+            assert last_taken.wait(timeout=60)
+        if name == "spare 3":
+            last_taken.set()
         return 0, 0.0
 
-    monkeypatch.setattr(dev, "_run_part", part_timed)
-    spare = dev.SpareParts([(f"spare {i}", ["0.05"], "tensorflow") for i in range(4)])
+    monkeypatch.setattr(dev, "_run_part", part)
+    spare = dev.SpareParts([(f"spare {i}", ["pytest"], "tensorflow") for i in range(4)])
     results, ran_in = {}, {}
-    long_lane = threading.Thread(target=dev._run_lane, args=("long", [("own", ["0.6"], "tensorflow")],
+    long_lane = threading.Thread(target=dev._run_lane, args=("long", [("own", ["pytest"], "tensorflow")],
                                                              tmp_path / "long.log", results),
                                  kwargs={"spare": spare, "lanes": ran_in})
     long_lane.start()
-    dev._run_lane("short", [("short's own", ["0.01"], "tensorflow")], tmp_path / "short.log", results, spare=spare,
-                  lanes=ran_in)
+    dev._run_lane("short", [("short's own", ["pytest"], "tensorflow")], tmp_path / "short.log", results,
+                  spare=spare, lanes=ran_in)
     long_lane.join()
-    # The short lane took every spare part while the long one ran its own, in the spare parts' order.
-    assert taken == [("long", "own"), ("short", "short's own"), *[("short", f"spare {i}") for i in range(4)]]
+    # The short lane took every spare part, in their order, while the long one ran its own; each ran once.
+    assert [entry for entry in taken if entry[0] == "short"] == [
+        ("short", "short's own"), *[("short", f"spare {i}") for i in range(4)]]
+    assert [entry for entry in taken if entry[0] == "long"] == [("long", "own")]
     assert ran_in == {"own": "long", "short's own": "short", **{f"spare {i}": "short" for i in range(4)}}
     assert all(status == 0 for _, status, _ in results.values()) and spare.take() is None
-    assert "=== spare 3: 0.05" in (tmp_path / "short.log").read_text()
+    assert "=== spare 3: pytest" in (tmp_path / "short.log").read_text()
     # A lane whose environment failed takes none: they are left for the others (or fail the run).
     spare = dev.SpareParts([("left", ["0"], "tensorflow")])
     dev._run_lane("broken", [], tmp_path / "broken.log", results, environment=dev.Background(lambda: sys.exit("no")),
