@@ -96,6 +96,13 @@ def _printed(notebook):
 def _execute(path, backend, parameters, monkeypatch):
     papermill = require("papermill", "papermill (the 'test' extra) is not installed")
     monkeypatch.setenv("KERAS_BACKEND", backend)  # the kernel inherits it, and imports Keras after it
+    if backend == "jax":
+        # JAX compiles each op a chapter runs eagerly, most of them once: unoptimised, as the package tests on JAX
+        # (tools/dev.py's BACKEND_VARIABLES). Chapters 1-4 took 49 CPU s against 62, chapters 5 (JAX) and 6 65
+        # against 76 with the photos profile (2-core machine, the runs side by side). TensorFlow's kernels compile
+        # as a reader's do: at XLA's level 0 its training steps ran 10 times slower.
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+        monkeypatch.setenv("XLA_FLAGS", flags.strip())
     if path.name in GPU_KERNEL_NOTEBOOKS:
         # The minicap-gpu kernel names its backend (the one of the shell that installed it): register one for
         # ``backend``, as `KERAS_BACKEND=jax minicap kernel install` would, where Jupyter looks first.

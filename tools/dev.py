@@ -203,7 +203,7 @@ def test(pytest_args=()):
 
     - **notebooks** (Colab's versions): nbval executes every notebook on TensorFlow with its own parameters and
       stores them in jupyter-book's cache for the book command (tests/support/notebook_cache.py). It trains two
-      models (chapter 5's and the appendix's), the longest part of the suite, so it runs at normal priority;
+      models (chapter 5's and the appendix's), the longest part of the suite;
     - **TensorFlow** (Colab's versions): papermill runs chapters 1-4 on JAX and chapters 5-6 and the photos
       notebook with the photos profile on offline stand-ins (tests/test_notebooks.py); then the package tests on
       TensorFlow;
@@ -216,22 +216,23 @@ def test(pytest_args=()):
       (and fail under CI). With pytest arguments (``-k attention``) the book and the browser checks are left out:
       nbval may then execute some notebooks only, and the book command would execute the others itself;
     - **spare parts** (``SpareParts``), the longest first: the photos path end to end and rehearsed
-      (``PHOTOS_TESTS``), the training tests on JAX and on TensorFlow (``TRAINING_TESTS``), the two-device training
-      runs (``DEVICE_TESTS``), the benchmarks' tests (``BENCH_TESTS``), each on Colab's versions but the JAX
-      training tests, and the package tests on PyTorch (newest), which runs eagerly, so it leaves out the slow
-      ones. The package parts leave out the files of the first four. A lane that has run its own parts takes the
+      (``PHOTOS_TESTS``), the training tests on TensorFlow (``TRAINING_TESTS``), the two-device training runs
+      (``DEVICE_TESTS``), the training tests on JAX, the benchmarks' tests (``BENCH_TESTS``), each on Colab's
+      versions but the JAX training tests, and the package tests on PyTorch (newest), which runs eagerly, so it
+      leaves out the slow ones. The package parts leave out the files of the first four. A lane that has run its own parts takes the
       next spare part until none is left: how long each lane's own parts take changes from run to run, and in the
       last two runs with every part fixed to a lane, the first lane and the last ended 168 and 432 s apart,
-      another lane last each time. A spare part runs at the priority of the lane that took it.
+      another lane last each time.
 
     Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2, numpy 2.1.3) are
     installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
     ``.venv``. Both environments are set up side by side, and each lane starts as soon as its own is ready.
 
-    The TensorFlow and other-backends lanes run at a lower priority (``nice``), to take the cores the notebooks
-    leave. (Where Linux groups each session's processes for the scheduler, "autogroup", the notebook kernels,
-    which Jupyter starts in sessions of their own, get their group's share whatever the niceness.) CPU seconds
-    measured on a 2-core machine with an empty compile cache (as on CI), parts run alone, then in the suite: nbval
+    Every part runs at normal priority. (Two lanes once ran at a lower one, meant to leave the cores to nbval;
+    but where Linux groups each session's processes for the scheduler, "autogroup", as on the 2-core machine,
+    nbval's notebook kernels, which Jupyter starts in sessions of their own, get their group's share whatever the
+    niceness, and the lower priority only slowed those lanes' last parts behind the others: the TensorFlow
+    training tests took 375 s for 128 CPU s and ended the run.) CPU seconds measured on a 2-core machine with an empty compile cache (as on CI), parts run alone, then in the suite: nbval
     552-590 in the suite; papermill 206-220; the TensorFlow package tests 259 alone, 114 of them the training tests;
     JAX 343-404 in the suite (compiled unoptimised, ``BACKEND_VARIABLES``), PyTorch 53; the photos path and
     rehearsal 205 alone, 217-225 in the suite; the two-device runs 103 and the benchmarks 58 alone; the book 10,
@@ -284,34 +285,35 @@ def test(pytest_args=()):
     ] if whole else []
     # Package tests that run in parts of their own, taken by the lanes as spare parts: the package parts leave them out.
     apart = PHOTOS_TESTS + TRAINING_TESTS + DEVICE_TESTS + BENCH_TESTS
-    lanes = {  # name: (niceness, environment, parts: (name, command, backend[, what it waits for first]))
-        "notebooks": (0, "colab", [(nbval, pytest(colab, *notebooks, "--nbval-lax"), "tensorflow")]),
-        "tensorflow": (LOW_PRIORITY, "colab", [
+    lanes = {  # name: (environment, parts: (name, command, backend[, what it waits for first]))
+        "notebooks": ("colab", [(nbval, pytest(colab, *notebooks, "--nbval-lax"), "tensorflow")]),
+        "tensorflow": ("colab", [
             ("papermill (ch1-4 on JAX; photos: ch5 JAX, ch6 TensorFlow; Colab's versions)",
              pytest(colab, "tests/test_notebooks.py", "-m", "notebook"), "tensorflow"),
             ("package on TensorFlow (Colab's versions)",
              pytest(colab, "tests", "-m", package, *(f"--ignore={path}" for path in apart)), "tensorflow"),
         ]),
-        "backends": (LOW_PRIORITY, "newest", [
+        "backends": ("newest", [
             ("package on JAX (newest)", pytest(newest, "tests", "-m", f"{package} and not single_backend",
                                                *(f"--ignore={path}" for path in apart)), "jax"),
         ]),
         # Once nbval has executed the notebooks: the book built from them (the book command, which finds them in
         # jupyter-book's cache), then every page checked in headless Chromium, while the other lanes go on.
-        "book": (0, "newest", book_parts),
+        "book": ("newest", book_parts),
     }
-    # Then each lane takes these, the longest first, until none is left (SpareParts): however long each lane's own
-    # parts took in this run, the lanes end close together. Each waits for its own environment.
+    # Then each lane takes these, the longest first (CPU seconds in the suite: 225, 128, 103, 81, 63, 45), until
+    # none is left (SpareParts): however long each lane's own parts took in this run, the lanes end close together.
+    # Each waits for its own environment.
     colab_ready, newest_ready = environments["colab"], environments["newest"]
     spare = SpareParts([
         ("photos end to end, and rehearsed (TensorFlow; Colab's versions)",
          pytest(colab, *PHOTOS_TESTS, "-m", package), "tensorflow", colab_ready),
-        ("training on JAX (newest)", pytest(newest, *TRAINING_TESTS, "-m", f"{package} and not single_backend"),
-         "jax", newest_ready),
         ("training on TensorFlow (Colab's versions)", pytest(colab, *TRAINING_TESTS, "-m", package), "tensorflow",
          colab_ready),
         ("two devices (TensorFlow and JAX; Colab's versions)", pytest(colab, *DEVICE_TESTS, "-m", package),
          "tensorflow", colab_ready),
+        ("training on JAX (newest)", pytest(newest, *TRAINING_TESTS, "-m", f"{package} and not single_backend"),
+         "jax", newest_ready),
         ("benchmarks (TensorFlow and JAX; Colab's versions)", pytest(colab, *BENCH_TESTS, "-m", package),
          "tensorflow", colab_ready),
         ("package on PyTorch (newest)",
@@ -322,9 +324,9 @@ def test(pytest_args=()):
               "then python3 tools/dev.py browser)", flush=True)
     results, spans, ran_in, threads = {}, {}, {}, []
     start = time.perf_counter()
-    for lane, (niceness, environment, parts) in lanes.items():
+    for lane, (environment, parts) in lanes.items():
         thread = threading.Thread(target=_run_lane, name=f"lane {lane}",
-                                  args=(lane, parts, logs / f"{lane}.log", results, niceness, environments[environment]),
+                                  args=(lane, parts, logs / f"{lane}.log", results, environments[environment]),
                                   kwargs={"spans": spans, "origin": start, "gates": {nbval: nbval_done},
                                           "spare": spare, "lanes": ran_in})
         thread.start()
@@ -434,30 +436,26 @@ def part_environment(backend, environ=os.environ):
     return environment
 
 
-LOW_PRIORITY = 10  # the niceness of the lanes that fill the cores the notebooks lane leaves (POSIX only)
-
-
-def _run_lane(lane, parts, log_path, results, niceness=0, environment=None, spans=None, origin=None, gates=None,
-              spare=None, lanes=None):
+def _run_lane(lane, parts, log_path, results, environment=None, spans=None, origin=None, gates=None, spare=None,
+              lanes=None):
     """Run a lane's parts one after the other (all of them, even after a failure), then, where ``spare`` (a
-    ``SpareParts``) is given, the spare parts it takes until none is left; output to ``log_path``, at ``niceness``
-    (added to this process's, where the platform has ``os.nice``), once ``environment`` (a ``Background`` setup, or
-    anything with such a ``result()``) is ready; if it failed, every part of the lane fails and it takes no spare
-    part. ``results[name]`` is (seconds, exit status, CPU seconds); ``spans[name]``, where given, (start, end) in
-    seconds since ``origin`` (a ``time.perf_counter()``; by default, when the lane started); ``lanes[name]``, where
-    given, the lane that ran it. ``gates``: a ``Gate`` per part name, opened when that part ends (with a reason when
-    it failed or never ran), which another lane may wait for."""
+    ``SpareParts``) is given, the spare parts it takes until none is left; output to ``log_path``, once
+    ``environment`` (a ``Background`` setup, or anything with such a ``result()``) is ready; if it failed, every
+    part of the lane fails and it takes no spare part. ``results[name]`` is (seconds, exit status, CPU seconds);
+    ``spans[name]``, where given, (start, end) in seconds since ``origin`` (a ``time.perf_counter()``; by default,
+    when the lane started); ``lanes[name]``, where given, the lane that ran it. ``gates``: a ``Gate`` per part name,
+    opened when that part ends (with a reason when it failed or never ran), which another lane may wait for."""
     origin = time.perf_counter() if origin is None else origin
     gates, taken = gates or {}, []
     try:
-        _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates, spare, lanes, taken)
+        _run_parts(lane, parts, log_path, results, environment, spans, origin, gates, spare, lanes, taken)
     finally:  # whatever happened, no lane waits for ever
         for name, *_ in [*parts, *taken]:
             if name in gates:
                 gates[name].open(f"{name} did not run")
 
 
-def _run_parts(lane, parts, log_path, results, niceness, environment, spans, origin, gates, spare, lanes, taken):
+def _run_parts(lane, parts, log_path, results, environment, spans, origin, gates, spare, lanes, taken):
     """``_run_lane``'s work. A part may name more items, each something with a ``result()`` to wait for first
     (e.g. a ``Background``); if one fails, the part fails without running, and the lane goes on. ``taken``: the
     spare parts this lane took, appended as it takes them."""
@@ -493,7 +491,7 @@ def _run_parts(lane, parts, log_path, results, niceness, environment, spans, ori
             log.write(f"=== {name}: {' '.join(str(p) for p in command)}\n")
             log.flush()
             started = time.perf_counter()
-            returncode, cpu_seconds = _run_part(lane, name, command, backend, log, niceness)
+            returncode, cpu_seconds = _run_part(lane, name, command, backend, log)
             ended = time.perf_counter()
             results[name] = (ended - started, returncode, cpu_seconds)
             if spans is not None:
@@ -507,13 +505,12 @@ def _run_parts(lane, parts, log_path, results, niceness, environment, spans, ori
         print(log_path.read_text(encoding="utf-8", errors="replace"), flush=True)
 
 
-def _run_part(lane, name, command, backend, log, niceness):
+def _run_part(lane, name, command, backend, log):
     """Run the test part ``name``'s ``command`` for ``lane`` in the repository root, in
-    ``part_environment(backend)``, at ``niceness``, its output to the open file ``log``; return its exit status and
-    CPU seconds (``_wait_with_cpu_time``)."""
-    lower = (lambda: os.nice(niceness)) if niceness and hasattr(os, "nice") else None
+    ``part_environment(backend)``, its output to the open file ``log``; return its exit status and CPU seconds
+    (``_wait_with_cpu_time``)."""
     process = subprocess.Popen([str(p) for p in command], cwd=ROOT, env=part_environment(backend), stdout=log,
-                               stderr=subprocess.STDOUT, preexec_fn=lower)
+                               stderr=subprocess.STDOUT)
     return _wait_with_cpu_time(process)
 
 
