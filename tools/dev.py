@@ -219,24 +219,26 @@ def test(pytest_args=()):
       (``PHOTOS_TESTS``), the training tests on TensorFlow (``TRAINING_TESTS``), the two-device training runs
       (``DEVICE_TESTS``), the training tests on JAX, the benchmarks' tests (``BENCH_TESTS``), each on Colab's
       versions but the JAX training tests, and the package tests on PyTorch (newest), which runs eagerly, so it
-      leaves out the slow ones. The package parts leave out the files of the first four. A lane that has run its own parts takes the
-      next spare part until none is left: how long each lane's own parts take changes from run to run, and in the
-      last two runs with every part fixed to a lane, the first lane and the last ended 168 and 432 s apart,
-      another lane last each time.
+      leaves out the slow ones. The package parts leave out the files of the first four. A lane that has run its own
+      parts takes the next spare part until none is left: how long each lane's own parts take changes from run to
+      run, and in the last two runs with every part fixed to a lane, the first lane and the last ended 168 and 432 s
+      apart, another lane last each time.
 
     Colab's versions (``tools/colab-versions.txt``: TensorFlow 2.20.0, Keras 3.13.2, JAX 0.7.2, numpy 2.1.3) are
     installed in ``.venv-colab`` on the newest Python here: what a learner runs. The newest releases are in
     ``.venv``. Both environments are set up side by side, and each lane starts as soon as its own is ready.
 
-    Every part runs at normal priority. (Two lanes once ran at a lower one, meant to leave the cores to nbval;
-    but where Linux groups each session's processes for the scheduler, "autogroup", as on the 2-core machine,
-    nbval's notebook kernels, which Jupyter starts in sessions of their own, get their group's share whatever the
-    niceness, and the lower priority only slowed those lanes' last parts behind the others: the TensorFlow
-    training tests took 375 s for 128 CPU s and ended the run.) CPU seconds measured on a 2-core machine with an empty compile cache (as on CI), parts run alone, then in the suite: nbval
-    552-590 in the suite; papermill 206-220; the TensorFlow package tests 259 alone, 114 of them the training tests;
-    JAX 343-404 in the suite (compiled unoptimised, ``BACKEND_VARIABLES``), PyTorch 53; the photos path and
-    rehearsal 205 alone, 217-225 in the suite; the two-device runs 103 and the benchmarks 58 alone; the book 10,
-    the browser checks 54-60. The summary says when each part started and ended, and in which lane.
+    Every part runs at normal priority. (Two lanes once ran at a lower one, meant to leave the cores to nbval; but
+    where Linux groups each session's processes for the scheduler, "autogroup", as on the 2-core machine, nbval's
+    notebook kernels, which Jupyter starts in sessions of their own, get their group's share whatever the niceness,
+    and the lower priority only slowed those lanes' last parts behind the others: the TensorFlow training tests took
+    375 s for 128 CPU s and ended the run.) CPU seconds of each part in the suite's last two runs on a 2-core
+    machine with an empty compile cache (as on CI): nbval 545-565; papermill 170 (211 before its JAX kernels
+    compiled unoptimised, tests/test_notebooks.py); the TensorFlow package tests 167-168, its training tests
+    128-133; JAX 271-282 (compiled unoptimised, ``BACKEND_VARIABLES``), its training tests 81-83; PyTorch 45-47; the
+    photos path and rehearsal 222-225; the two-device runs 103-122; the benchmarks 63-71; the book 11, the browser
+    checks 53-54. The lanes ended within 19 s of each other (1,016-1,035 s). The summary says when each part started
+    and ended, and in which lane.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
@@ -283,7 +285,7 @@ def test(pytest_args=()):
          os.environ.get("KERAS_BACKEND", "tensorflow"), the_book),
         ("browser checks (Chromium)", pytest(newest, "tests/browser", "-m", "browser"), "tensorflow", the_book),
     ] if whole else []
-    # Package tests that run in parts of their own, taken by the lanes as spare parts: the package parts leave them out.
+    # Package tests that run in parts of their own, spare parts (below): the package parts leave them out.
     apart = PHOTOS_TESTS + TRAINING_TESTS + DEVICE_TESTS + BENCH_TESTS
     lanes = {  # name: (environment, parts: (name, command, backend[, what it waits for first]))
         "notebooks": ("colab", [(nbval, pytest(colab, *notebooks, "--nbval-lax"), "tensorflow")]),
