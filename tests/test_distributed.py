@@ -152,8 +152,14 @@ def test_a_resume_may_train_on_another_number_of_devices(tmp_path):
 def _run_script(args, backend, devices, timeout):
     environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     environment.pop("XLA_FLAGS", None)
-    if backend == "jax" and devices > 1:
-        environment["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    if backend == "jax":
+        # Tiny runs, whose steps XLA compiles for each device count and runs a few times: unoptimised, as the
+        # package tests on JAX compile (tools/dev.py's BACKEND_VARIABLES). This file's JAX tests took 40 CPU s
+        # against 61 (2-core machine, the runs side by side).
+        flags = ["--xla_backend_optimization_level=0"]
+        if devices > 1:
+            flags.append(f"--xla_force_host_platform_device_count={devices}")
+        environment["XLA_FLAGS"] = " ".join(flags)
     environment["MINICAP_TEST_CPU_DEVICES"] = str(devices)
     root = Path(__file__).parents[1]  # the minicap these tests import, not another installed one
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))

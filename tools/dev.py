@@ -236,9 +236,10 @@ def test(pytest_args=()):
     machine with an empty compile cache (as on CI): nbval 545-565; papermill 170 (211 before its JAX kernels
     compiled unoptimised, tests/test_notebooks.py); the TensorFlow package tests 167-168, its training tests
     128-133; JAX 271-282 (compiled unoptimised, ``BACKEND_VARIABLES``), its training tests 81-83; PyTorch 45-47; the
-    photos path and rehearsal 222-225; the two-device runs 103-122; the benchmarks 63-71; the book 11, the browser
-    checks 53-54. The lanes ended within 19 s of each other (1,016-1,035 s). The summary says when each part started
-    and ended, and in which lane.
+    photos path and rehearsal 222-225; the two-device runs 103-122 (before their JAX subprocesses compiled
+    unoptimised, tests/test_distributed.py: its JAX tests alone took 40 CPU s against 61); the benchmarks 63-71; the
+    book 11, the browser checks 53-54. The lanes ended within 19 s of each other (1,016-1,035 s). The summary says
+    when each part started and ended, and in which lane.
 
     Every part shares one compile cache, ``_build/compile-cache/`` (``compile_cache_environment``): a program
     that XLA compiled for one process is loaded by the next, in this run and in later ones.
