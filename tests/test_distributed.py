@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.support import TINY_RUN, require
+from tests.support import TINY_RUN, require, unoptimised_jax_flags
 
 # Independent of Keras's backend (or runs each backend itself): runs once, on the default one.
 pytestmark = pytest.mark.single_backend
@@ -156,10 +156,8 @@ def _run_script(args, backend, devices, timeout):
         # Tiny runs, whose steps XLA compiles for each device count and runs a few times: unoptimised, as the
         # package tests on JAX compile (tools/dev.py's BACKEND_VARIABLES). This file's JAX tests took 40 CPU s
         # against 61 (2-core machine, the runs side by side).
-        flags = ["--xla_backend_optimization_level=0"]
-        if devices > 1:
-            flags.append(f"--xla_force_host_platform_device_count={devices}")
-        environment["XLA_FLAGS"] = " ".join(flags)
+        devices_flag = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+        environment["XLA_FLAGS"] = unoptimised_jax_flags(devices_flag)
     environment["MINICAP_TEST_CPU_DEVICES"] = str(devices)
     root = Path(__file__).parents[1]  # the minicap these tests import, not another installed one
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))

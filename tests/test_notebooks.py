@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import require
+from tests.support import require, unoptimised_jax_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -101,8 +101,7 @@ def _execute(path, backend, parameters, monkeypatch):
         # (tools/dev.py's BACKEND_VARIABLES). Chapters 1-4 took 49 CPU s against 62, chapters 5 (JAX) and 6 65
         # against 76 with the photos profile (2-core machine, the runs side by side). TensorFlow's kernels compile
         # as a reader's do: at XLA's level 0 its training steps ran 10 times slower.
-        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
-        monkeypatch.setenv("XLA_FLAGS", flags.strip())
+        monkeypatch.setenv("XLA_FLAGS", unoptimised_jax_flags(os.environ.get("XLA_FLAGS", "")))
     if path.name in GPU_KERNEL_NOTEBOOKS:
         # The minicap-gpu kernel names its backend (the one of the shell that installed it): register one for
         # ``backend``, as `KERAS_BACKEND=jax minicap kernel install` would, where Jupyter looks first.

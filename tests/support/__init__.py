@@ -21,6 +21,15 @@ TINY_RUN = dict(num_train=48, num_val=8, image_size=32, patch_size=8, max_object
                 warmup_steps=5, checkpoint_every=2, run_eagerly=not _JAX)
 
 
+def unoptimised_jax_flags(flags=""):
+    """``flags`` (a value of ``XLA_FLAGS``) with XLA's optimisation level 0 added: what the test command gives its
+    JAX package tests (tools/dev.py's ``BACKEND_VARIABLES``, with the measurements), for the JAX processes the tests
+    start themselves whose programs mostly run once or a few times."""
+    from tools.dev import BACKEND_VARIABLES
+
+    return f"{flags} {BACKEND_VARIABLES['jax']['XLA_FLAGS']}".strip()
+
+
 def unavailable(reason):
     """Skip locally; fail under CI (the variable ``CI`` set), where a missing prerequisite is a broken pipeline."""
     if os.environ.get("CI"):
