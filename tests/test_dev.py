@@ -133,8 +133,9 @@ def test_setup_installs_once_and_again_when_pyproject_changes(tmp_path, monkeypa
     monkeypatch.setattr(dev, "ROOT", root)
     monkeypatch.setattr(dev, "venv_python", lambda: python)
     monkeypatch.setattr(dev, "run", lambda *command, env=None: commands.append(command[1:4]))
+    monkeypatch.setattr(dev, "installer", lambda python: ["uv", "pip", "install", "--python", python])
     assert dev.setup() == python
-    installed = [("-m", "pip", "install"), ("-m", "ipykernel", "install"), ("-m", "minicap.cli", "kernel")]
+    installed = [("pip", "install", "--python"), ("-m", "ipykernel", "install"), ("-m", "minicap.cli", "kernel")]
     assert commands == installed
     dev.setup()
     assert commands == installed  # nothing changed: no pip
@@ -146,6 +147,29 @@ def test_setup_installs_once_and_again_when_pyproject_changes(tmp_path, monkeypa
     assert commands == installed * 3
     dev.setup(extras="test")
     assert commands == installed * 4
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the interpreter")
+def test_uv_installs_with_pips_local_wheels_indexes_and_constraints_and_pip_does_when_uv_cannot_be_had(tmp_path):
+    wheels, constraints = tmp_path / "wheels", _write(tmp_path / "cap.txt", "torch<=2.14.1\n") or tmp_path / "cap.txt"
+    wheels.mkdir()
+    python = tmp_path / "env" / "bin" / "python"
+    config = (f"global.find-links='{wheels} {tmp_path / 'gone'}'\n:env:.find-links='{wheels}'\n"
+              f"global.constraint='{constraints}'\nglobal.extra-index-url='file://{wheels} file://{tmp_path / 'no'}'\n"
+              "global.cert='/etc/ssl/certs/ca-certificates.crt'\n")
+    # A Python whose pip prints that configuration, and installs uv (an empty script) only when told it can.
+    _write(python, f"""#!/bin/sh
+if [ "$2 $3" = "pip config" ]; then printf "%s" "{config}"; exit 0; fi
+if [ -f {tmp_path / "uv-ok"} ]; then touch {python.parent / "uv"}; exit 0; fi
+echo "ERROR: No matching distribution found for uv" >&2; exit 1
+""")
+    python.chmod(0o755)
+    assert dev.installer(python) == [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    _write(tmp_path / "uv-ok", "")
+    command = dev.installer(python)
+    assert command[:6] == [python.parent / "uv", "pip", "install", "-q", "--python", python]
+    assert command[6:] == ["--compile-bytecode", "--find-links", str(wheels), "--constraint", str(constraints),
+                           "--extra-index-url", f"file://{wheels}", "--index-strategy", "unsafe-best-match"]
 
 
 def _fake_python(path, version=None):
@@ -181,8 +205,10 @@ def test_setup_installs_colabs_versions_in_the_colab_environment(tmp_path, monke
     monkeypatch.setattr(dev, "COLAB_VENV", python.parent.parent)
     monkeypatch.setattr(dev, "COLAB_VERSIONS", constraints)
     monkeypatch.setattr(dev, "run", lambda *command, env=None: commands.append([str(part) for part in command[1:]]))
+    monkeypatch.setattr(dev, "installer", lambda python: ["uv", "pip", "install", "--python", python])
     assert dev.setup_colab() == python
-    assert commands[0][:3] == ["-m", "pip", "install"] and ["-c", str(constraints)] == commands[0][5:7]
+    assert commands[0][:4] == ["pip", "install", "--python", str(python)]
+    assert ["-c", str(constraints)] == commands[0][4:6]
     assert commands[0][-1] == ".[book,test,vit]"
     assert commands[1][-3:] == ["--no-deps", "--ignore-requires-python", "vit-keras==0.2.0"]
     assert len(commands) == 4  # then the two kernels

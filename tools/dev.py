@@ -92,12 +92,11 @@ def _install(python, extras, constraints=None):
     except (OSError, ValueError):
         pass
     pin = ["-c", constraints] if constraints is not None else []
-    # pip compiles every module to bytecode as it installs (48 s for the Colab environment on the 2-core machine,
-    # against 27 s with --no-compile): kept, because where PYTHONDONTWRITEBYTECODE is set (CI's machine) Python
-    # never keeps what it compiles, and every test process would compile TensorFlow's modules again (the lanes took
-    # ~200 CPU s more).
+    # Every module is compiled to bytecode as it is installed: where PYTHONDONTWRITEBYTECODE is set (CI's machine)
+    # Python never keeps what it compiles, and every test process would compile TensorFlow's modules again (the
+    # lanes took ~200 CPU s more).
+    run(*installer(python), *pin, "-e", f".[{extras}]")
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pin]
-    run(*pip, "-e", f".[{extras}]")
     if constraints is not None and "vit" in extras.split(","):
         # vit-keras 0.2.0 declares Python < 3.12 (the vit extra skips it there); its code runs on newer ones, and
         # Colab's setup cell installs it so (minicap/colab.py).
@@ -107,6 +106,49 @@ def _install(python, extras, constraints=None):
     run(python, "-m", "minicap.cli", "kernel", "install", "--sys-prefix")
     stamp.write_text(json.dumps(wanted))
     return python
+
+
+def installer(python):
+    """The command that installs packages into ``python``'s environment: uv's ``uv pip install``, which pip installs
+    there first (uv resolves, downloads, unpacks and compiles in parallel: on the 2-core machine, alone, the Colab
+    environment took 17 s and 29 CPU s against pip's 46 s and 45, the newest one with PyTorch 25 s and 43 against
+    70 s and 68, the same versions of every package), with the local wheels, indexes and constraints pip is
+    configured with on this machine (``pip config``: uv reads no pip configuration), so that it installs what pip
+    would (a local CPU build of PyTorch, not PyPI's CUDA build); pip itself where uv cannot be installed."""
+    python = Path(python)
+    uv = python.parent / ("uv.exe" if os.name == "nt" else "uv")
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    if not uv.exists():
+        done = subprocess.run([*map(str, pip), "uv"], cwd=ROOT, capture_output=True, text=True)
+        if done.returncode or not uv.exists():
+            print(f"uv could not be installed ({(done.stderr.strip().splitlines() or ['no uv'])[-1]}): pip installs "
+                  f"instead", flush=True)
+            return pip
+    return [uv, "pip", "install", "-q", "--python", python, "--compile-bytecode", *pip_configuration(python)]
+
+
+def pip_configuration(python):
+    """pip's settings on this machine (its configuration files and ``PIP_*`` variables, as ``pip config list``
+    shows them) that change what is installed, as ``uv pip install`` options: local wheel folders (``find-links``),
+    indexes and constraint files; those naming a folder or file that is not there are left out (pip only warns
+    about them)."""
+    done = subprocess.run([str(python), "-m", "pip", "config", "list"], capture_output=True, text=True)
+    options = {"find-links": "--find-links", "index-url": "--index-url", "extra-index-url": "--extra-index-url",
+               "constraint": "--constraint"}
+    found = []
+    for line in done.stdout.splitlines():
+        match = re.fullmatch(r"[^.]*\.([a-z-]+)='(.*)'", line.strip())
+        if not match or match.group(1) not in options:
+            continue
+        for value in match.group(2).split():
+            local = value[len("file://"):] if value.startswith("file://") else value
+            if "://" in local or Path(local).exists():
+                argument = [options[match.group(1)], value]
+                if argument not in found:
+                    found.append(argument)
+    if any(option.endswith("index-url") for option, _ in found):  # pip takes the best match of all its indexes
+        found.append(["--index-strategy", "unsafe-best-match"])
+    return [part for argument in found for part in argument]
 
 
 def newest_python(candidates=None):
