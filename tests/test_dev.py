@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,7 @@ def _lanes_as_run(monkeypatch, tmp_path, nbval_status, pytest_args=(), newest_fa
     monkeypatch.setattr(dev, "BUILD", tmp_path / "_build")
     monkeypatch.setattr(dev, "setup", (lambda: sys.exit("pip failed")) if newest_fails else (lambda: None))
     monkeypatch.setattr(dev, "setup_colab", lambda: None)
+    monkeypatch.setattr(dev, "check_free_space", lambda: None)  # (its own test below)
     monkeypatch.setattr(dev, "browser_dependencies", lambda log_path: sys.exit("missing chromium"))
     monkeypatch.setattr(dev, "stage_book", lambda stage: None)
     monkeypatch.setattr(dev, "executed_notebooks", lambda root: ["book/01_patches.ipynb"])
@@ -472,3 +474,23 @@ def test_the_table_of_contents_is_read_without_yaml_in_the_running_python():
     done = subprocess.run([sys.executable, "-S", "-c", read], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(dev.toc_documents())
+
+
+def test_the_test_command_stops_at_once_when_a_disk_it_writes_to_is_too_full(tmp_path, monkeypatch):
+    """Before anything is installed: the environments count only while one is missing, the test files on the disk of
+    the temporary folder; the message names the free space, the need and what to do."""
+    free = {"bytes": 9e9}
+    monkeypatch.setattr(dev.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=free["bytes"]))
+    needed = {"environments": 7.0, "test files": 2.5, "build": 0.5}
+    present, missing = tmp_path / "venv", tmp_path / "venv-colab"
+    present.mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        dev.check_free_space(environments=(present, missing), temporary=tmp_path, needed=needed)
+    message = str(stopped.value)
+    assert "9.0 GB free" in message and "needs about 10.0 GB" in message and str(tmp_path) in message
+    assert "TMPDIR" in message
+    missing.mkdir()  # both environments there: the test files and the build only
+    dev.check_free_space(environments=(present, missing), temporary=tmp_path, needed=needed)
+    free["bytes"] = 2.9e9
+    with pytest.raises(SystemExit, match="2.9 GB free .* needs about 3.0 GB"):
+        dev.check_free_space(environments=(present, missing), temporary=tmp_path, needed=needed)

@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import venv
@@ -233,6 +234,37 @@ class SpareParts:
         return left
 
 
+# Disk space the test command takes at most, in GB, measured on the 2-core machine (.ci/run on a fresh clone, du
+# every 30 s): the two environments, 7.8 (uv's cache, on the same disk, shares their files through hard links), the
+# test files at their largest, 1.4 (pytest's temporary folders: the photos tests' stand-ins; 5.0 before passing
+# tests' folders were deleted as they end, pyproject.toml), and the build, 0.25 (notebooks, compile cache, pages).
+SPACE_NEEDED = {"environments": 7.8, "test files": 1.5, "build": 0.3}
+
+
+def check_free_space(environments=(VENV, COLAB_VENV), temporary=None, needed=SPACE_NEEDED):
+    """Exit with a clear message, before anything is installed or run, when a disk the test command writes to has
+    too little free space for it (``needed``, in GB: environments not yet created and the build in the repository,
+    the test files in ``temporary``, by default Python's temporary folder); a run that fills a disk fails after
+    minutes, in the middle of a part."""
+    temporary = Path(temporary or tempfile.gettempdir())
+    wanted = {ROOT: needed["build"] + (needed["environments"] if not all(Path(e).exists() for e in environments)
+                                       else 0.0),
+              temporary: needed["test files"]}
+    by_disk = {}
+    for folder, gigabytes in wanted.items():
+        disk = os.stat(folder).st_dev
+        folders, total = by_disk.get(disk, ([], 0.0))
+        by_disk[disk] = ([*folders, folder], total + gigabytes)
+    for folders, gigabytes in by_disk.values():
+        free = shutil.disk_usage(folders[0]).free / 1e9
+        if free < gigabytes:
+            sys.exit(f"not enough free disk space for the test command: {free:.1f} GB free on the disk of "
+                     f"{' and '.join(map(str, folders))}, and it needs about {gigabytes:.1f} GB there (the two "
+                     f"environments {needed['environments']} GB, the test files {needed['test files']} GB in "
+                     f"{temporary}, the build {needed['build']} GB). Free some space, or set TMPDIR to a folder on "
+                     f"a disk with room for the test files.")
+
+
 def setup_both():
     """Both environments, set up side by side (pip spends much of its time waiting on downloads)."""
     newest, colab = Background(setup), Background(setup_colab)
@@ -289,6 +321,7 @@ def test(pytest_args=()):
     Each lane's output goes to ``_build/test-logs/``, and is printed when the lane ends; the last lines say how
     long each part took and the CPU time it used. Fails (exit status 1) if any part fails.
     """
+    check_free_space()
     logs = BUILD / "test-logs"
     logs.mkdir(parents=True, exist_ok=True)
     # Both environments are set up side by side, and each lane starts as soon as its own is ready; Debian's
