@@ -492,5 +492,6 @@ def test_the_test_command_stops_at_once_when_a_disk_it_writes_to_is_too_full(tmp
     missing.mkdir()  # both environments there: the test files and the build only
     dev.check_free_space(environments=(present, missing), temporary=tmp_path, needed=needed)
     free["bytes"] = 2.9e9
-    with pytest.raises(SystemExit, match="2.9 GB free .* needs about 3.0 GB"):
+    with pytest.raises(SystemExit, match="2.9 GB free .* needs about 3.0 GB") as stopped:
         dev.check_free_space(environments=(present, missing), temporary=tmp_path, needed=needed)
+    assert "the two environments" in message and "the two environments" not in str(stopped.value)

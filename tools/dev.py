@@ -247,26 +247,25 @@ def check_free_space(environments=(VENV, COLAB_VENV), temporary=None, needed=SPA
     the test files in ``temporary``, by default Python's temporary folder); a run that fills a disk fails after
     minutes, in the middle of a part."""
     temporary = Path(temporary or tempfile.gettempdir())
-    wanted = {ROOT: needed["build"] + (needed["environments"] if not all(Path(e).exists() for e in environments)
-                                       else 0.0),
-              temporary: needed["test files"]}
+    wanted = [(ROOT, "the build", needed["build"]), (temporary, f"the test files in {temporary}", needed["test files"])]
+    if not all(Path(environment).exists() for environment in environments):
+        wanted.append((ROOT, "the two environments", needed["environments"]))
     by_disk = {}
-    for folder, gigabytes in wanted.items():
-        disk = os.stat(folder).st_dev
-        folders, total = by_disk.get(disk, ([], 0.0))
-        by_disk[disk] = ([*folders, folder], total + gigabytes)
-    for folders, gigabytes in by_disk.values():
-        free = shutil.disk_usage(folders[0]).free / 1e9
+    for folder, what, gigabytes in wanted:
+        by_disk.setdefault(os.stat(folder).st_dev, []).append((folder, what, gigabytes))
+    for items in by_disk.values():
+        free, gigabytes = shutil.disk_usage(items[0][0]).free / 1e9, sum(item[2] for item in items)
         if free < gigabytes:
-            sys.exit(f"not enough free disk space for the test command: {free:.1f} GB free on the disk of "
-                     f"{' and '.join(map(str, folders))}, and it needs about {gigabytes:.1f} GB there (the two "
-                     f"environments {needed['environments']} GB, the test files {needed['test files']} GB in "
-                     f"{temporary}, the build {needed['build']} GB). Free some space, or set TMPDIR to a folder on "
-                     f"a disk with room for the test files.")
+            folders = " and ".join(dict.fromkeys(str(folder) for folder, _, _ in items))
+            parts = ", ".join(f"{what} {amount} GB" for _, what, amount in items)
+            advice = " Free some space" + (", or set TMPDIR to a folder on a disk with room for the test files."
+                                           if any(folder == temporary for folder, _, _ in items) else ".")
+            sys.exit(f"not enough free disk space for the test command: {free:.1f} GB free on the disk of {folders}, "
+                     f"and it needs about {gigabytes:.1f} GB there ({parts}).{advice}")
 
 
 def setup_both():
-    """Both environments, set up side by side (pip spends much of its time waiting on downloads)."""
+    """Both environments, set up side by side (the installers spend part of their time waiting on downloads)."""
     newest, colab = Background(setup), Background(setup_colab)
     return newest.result(), colab.result()
 
