@@ -139,7 +139,7 @@ def test_setup_installs_once_and_again_when_pyproject_changes(tmp_path, monkeypa
     installed = [("pip", "install", "--python"), ("-m", "ipykernel", "install"), ("-m", "minicap.cli", "kernel")]
     assert commands == installed
     dev.setup()
-    assert commands == installed  # nothing changed: no pip
+    assert commands == installed  # nothing changed: nothing installed
     monkeypatch.setenv("KERAS_BACKEND", "jax")  # the GPU kernel names the backend it is registered for
     dev.setup()
     assert commands == installed * 2
@@ -482,6 +482,7 @@ def test_the_test_command_stops_at_once_when_a_disk_it_writes_to_is_too_full(tmp
     free = {"bytes": 9e9}
     monkeypatch.setattr(dev.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=free["bytes"]))
     needed = {"environments": 7.0, "test files": 2.5, "build": 0.5}
+    monkeypatch.setattr(dev, "ROOT", tmp_path)  # the repository and the temporary folder on one disk
     present, missing = tmp_path / "venv", tmp_path / "venv-colab"
     present.mkdir()
     with pytest.raises(SystemExit) as stopped:
