@@ -97,7 +97,7 @@ def _install(python, extras, constraints=None):
     # Python never keeps what it compiles, and every test process would compile TensorFlow's modules again (the
     # lanes took ~200 CPU s more).
     run(*installer(python), *pin, "-e", f".[{extras}]")
-    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pin]
+    pip = [*pip_install(python), *pin]
     if constraints is not None and "vit" in extras.split(","):
         # vit-keras 0.2.0 declares Python < 3.12 (the vit extra skips it there); its code runs on newer ones, and
         # Colab's setup cell installs it so (minicap/colab.py).
@@ -109,6 +109,11 @@ def _install(python, extras, constraints=None):
     return python
 
 
+def pip_install(python):
+    """pip's install command in ``python``'s environment, quiet."""
+    return [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+
+
 def installer(python):
     """The command that installs packages into ``python``'s environment: uv's ``uv pip install``, which pip installs
     there first (uv resolves, downloads, unpacks and compiles in parallel: on the 2-core machine, alone, the Colab
@@ -118,7 +123,7 @@ def installer(python):
     would (a local CPU build of PyTorch, not PyPI's CUDA build); pip itself where uv cannot be installed."""
     python = Path(python)
     uv = python.parent / ("uv.exe" if os.name == "nt" else "uv")
-    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    pip = pip_install(python)
     if not uv.exists():
         done = subprocess.run([*map(str, pip), "uv"], cwd=ROOT, capture_output=True, text=True)
         if done.returncode or not uv.exists():
