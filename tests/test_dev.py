@@ -152,8 +152,9 @@ def test_setup_installs_once_and_again_when_pyproject_changes(tmp_path, monkeypa
 
 @pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the interpreter")
 def test_uv_installs_with_pips_local_wheels_indexes_and_constraints_and_pip_does_when_uv_cannot_be_had(tmp_path):
-    wheels, constraints = tmp_path / "wheels", _write(tmp_path / "cap.txt", "torch<=2.14.1\n") or tmp_path / "cap.txt"
+    wheels, constraints = tmp_path / "wheels", tmp_path / "cap.txt"
     wheels.mkdir()
+    _write(constraints, "torch<=2.14.1\n")
     python = tmp_path / "env" / "bin" / "python"
     config = (f"global.find-links='{wheels} {tmp_path / 'gone'}'\n:env:.find-links='{wheels}'\n"
               f"global.constraint='{constraints}'\nglobal.extra-index-url='file://{wheels} file://{tmp_path / 'no'}'\n"

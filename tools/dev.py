@@ -241,8 +241,9 @@ class SpareParts:
 
 # Disk space the test command takes at most, in GB, measured on the 2-core machine (.ci/run on a fresh clone, du
 # every 30 s): the two environments, 7.8 (uv's cache, on the same disk, shares their files through hard links), the
-# test files at their largest, 1.4 (pytest's temporary folders: the photos tests' stand-ins; 5.0 before passing
-# tests' folders were deleted as they end, pyproject.toml), and the build, 0.25 (notebooks, compile cache, pages).
+# test files at their largest, 1.36, here 1.5 (pytest's temporary folders: the photos tests' stand-ins; 4.8 before
+# passing tests' folders were deleted as they end, pyproject.toml), and the build, 0.25, here 0.3 (notebooks,
+# compile cache, pages).
 SPACE_NEEDED = {"environments": 7.8, "test files": 1.5, "build": 0.3}
 
 
